@@ -1,0 +1,1 @@
+//! bridge-buffer (skeleton)

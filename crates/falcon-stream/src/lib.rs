@@ -1,0 +1,1 @@
+//! falcon-stream (skeleton)
