@@ -1,0 +1,25 @@
+//! Logging: JSON lines to stdout for Kubernetes (or text for a terminal), filtered by the
+//! config's `log.level` unless `RUST_LOG` is set.
+
+use tracing_subscriber::EnvFilter;
+
+pub use crate::config::LogFormat;
+
+/// Installs the global subscriber. Safe to call more than once: later calls are ignored.
+pub fn init(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    // `try_init` fails only if a subscriber is already installed (tests, demo after run).
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

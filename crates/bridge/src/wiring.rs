@@ -1,0 +1,130 @@
+//! From the validated config to each library's own configuration. The libraries never see
+//! the YAML schema, and secrets are resolved here, at start-up, and nowhere else.
+
+use anyhow::Context as _;
+use falcon_stream::{PartitionSelection, SourceConfig};
+use sentinel_ingest::{BatchLimit, CredentialSpec, IngestConfig, RetryConfig, UserAssigned};
+
+use crate::config::{self, Config, CredentialConfig, Env, ManagedIdentityId, Partitions};
+use crate::pipeline::router::StreamRouter;
+
+/// The Falcon source's configuration, with its secret resolved.
+pub fn source_config(
+    cfg: &Config,
+    env: &dyn Env,
+    extra_ca_pems: &[Vec<u8>],
+) -> anyhow::Result<SourceConfig> {
+    let falcon = &cfg.falcon;
+    let secret = falcon
+        .client_secret
+        .resolve(env)
+        .context("resolve falcon.client_secret")?;
+    let mut source = SourceConfig::new(
+        falcon.base_url.clone(),
+        falcon.client_id.clone(),
+        secret.expose(),
+        falcon.app_id.clone(),
+    );
+    source.member_cid.clone_from(&falcon.member_cid);
+    source.partitions = match &falcon.partitions {
+        Partitions::All => PartitionSelection::All,
+        Partitions::Only(list) => PartitionSelection::List(list.clone()),
+    };
+    source.start = match falcon.start {
+        config::StartPosition::Earliest => falcon_stream::StartPosition::Earliest,
+        config::StartPosition::Latest => falcon_stream::StartPosition::Latest,
+        config::StartPosition::Offset(offset) => falcon_stream::StartPosition::Offset(offset),
+    };
+    source.event_types.clone_from(&falcon.event_types);
+    source.read_idle_timeout = falcon.read_idle_timeout;
+    source.max_event_bytes = falcon.max_event_bytes;
+    source.extra_ca_pems = extra_ca_pems.to_vec();
+    source.proxy_url = falcon.proxy_url.as_ref().map(|p| p.expose().clone());
+    source.region_autodiscovery = falcon.region_autodiscovery;
+    source.request_timeout = falcon.request_timeout;
+    Ok(source)
+}
+
+/// The Logs Ingestion client's configuration.
+pub fn ingest_config(cfg: &Config, extra_ca_pems: &[Vec<u8>]) -> IngestConfig {
+    let sentinel = &cfg.sentinel;
+    let mut ingest =
+        IngestConfig::new(sentinel.endpoint.clone(), sentinel.dcr_immutable_id.clone());
+    ingest.audience = sentinel.audience.clone();
+    ingest.authority_host = Some(sentinel.authority_host.clone());
+    ingest.extra_ca_pems = extra_ca_pems.to_vec();
+    ingest.request_timeout = sentinel.request_timeout;
+    ingest.batch_limit = match sentinel.batch_limit {
+        config::BatchLimit::Uncompressed => BatchLimit::Uncompressed {
+            max_bytes: sentinel.max_batch_bytes,
+        },
+        config::BatchLimit::Compressed => BatchLimit::Compressed {
+            max_compressed_bytes: sentinel_ingest::DEFAULT_MAX_COMPRESSED_BYTES,
+            max_decompressed_bytes: sentinel.max_batch_bytes,
+        },
+    };
+    ingest.gzip_level = sentinel.gzip_level;
+    ingest.retry = RetryConfig {
+        initial: sentinel.retry_initial,
+        max: sentinel.retry_max,
+        ..RetryConfig::default()
+    };
+    ingest.max_in_flight = sentinel.max_concurrency;
+    ingest
+}
+
+/// The Entra credential, with its secret resolved.
+pub fn credential(cfg: &Config, env: &dyn Env) -> anyhow::Result<CredentialSpec> {
+    Ok(match &cfg.sentinel.credential {
+        CredentialConfig::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+        } => CredentialSpec::WorkloadIdentity {
+            tenant_id: tenant_id.clone(),
+            client_id: client_id.clone(),
+            token_file: token_file.clone(),
+        },
+        CredentialConfig::ManagedIdentity { id } => CredentialSpec::ManagedIdentity {
+            user_assigned: id.as_ref().map(|id| match id {
+                ManagedIdentityId::ClientId(v) => UserAssigned::ClientId(v.clone()),
+                ManagedIdentityId::ResourceId(v) => UserAssigned::ResourceId(v.clone()),
+                ManagedIdentityId::ObjectId(v) => UserAssigned::ObjectId(v.clone()),
+            }),
+        },
+        CredentialConfig::ClientSecret {
+            tenant_id,
+            client_id,
+            client_secret,
+        } => CredentialSpec::ClientSecret {
+            tenant_id: tenant_id.clone(),
+            client_id: client_id.clone(),
+            secret: client_secret
+                .resolve(env)
+                .context("resolve sentinel.credential.client_secret")?
+                .expose()
+                .to_owned(),
+        },
+    })
+}
+
+/// The event-type → stream router.
+pub fn router(cfg: &Config) -> StreamRouter {
+    StreamRouter::new(
+        &cfg.sentinel.default_stream,
+        cfg.sentinel
+            .streams
+            .iter()
+            .map(|(event_type, stream)| (event_type.as_str(), stream.as_str())),
+    )
+}
+
+/// The dead-letter directory and the cap on raw bytes kept per letter.
+pub fn dead_letter_dir(cfg: &Config) -> (&std::path::Path, usize) {
+    match &cfg.dead_letter {
+        config::DeadLetterConfig::Directory {
+            path,
+            max_record_bytes,
+        } => (path.as_path(), *max_record_bytes),
+    }
+}

@@ -1,0 +1,233 @@
+//! Entra credentials, and a wrapper that can throw its token cache away.
+//!
+//! azure_identity caches tokens inside each credential until five minutes before expiry, and
+//! `BearerTokenAuthorizationPolicy` only clears its *own* cache on a 401. A token revoked early
+//! (or an emulator that expires tokens) would be served again from the credential's cache. So
+//! on a 401 the client calls [`ResettableCredential::reset`], which rebuilds the credential.
+
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use azure_core::{
+    cloud::CloudConfiguration,
+    credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions},
+    http::{ClientOptions, Transport},
+};
+use azure_identity::{
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+
+/// Which Entra identity the client authenticates as. (Client certificates are not supported
+/// yet: azure_identity's `client_certificate` feature pulls in OpenSSL.)
+#[derive(Clone)]
+pub enum CredentialSpec {
+    /// AKS Workload Identity. `None` fields fall back to the webhook-injected environment
+    /// (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`). The token file is
+    /// re-read by azure_identity when its copy is older than 10 minutes.
+    WorkloadIdentity {
+        /// Entra tenant.
+        tenant_id: Option<String>,
+        /// Application (client) ID of the federated identity.
+        client_id: Option<String>,
+        /// Projected service-account token file.
+        token_file: Option<PathBuf>,
+    },
+    /// Managed identity (IMDS / App Service / Arc); system-assigned when `user_assigned` is `None`.
+    ManagedIdentity {
+        /// Which user-assigned identity to use.
+        user_assigned: Option<UserAssigned>,
+    },
+    /// Service principal with a client secret.
+    ClientSecret {
+        /// Entra tenant.
+        tenant_id: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// The secret; never printed.
+        secret: String,
+    },
+}
+
+impl fmt::Debug for CredentialSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => f
+                .debug_struct("WorkloadIdentity")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("token_file", token_file)
+                .finish(),
+            Self::ManagedIdentity { user_assigned } => f
+                .debug_struct("ManagedIdentity")
+                .field("user_assigned", user_assigned)
+                .finish(),
+            Self::ClientSecret {
+                tenant_id,
+                client_id,
+                ..
+            } => f
+                .debug_struct("ClientSecret")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("secret", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+/// A user-assigned managed identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserAssigned {
+    /// By client ID.
+    ClientId(String),
+    /// By ARM resource ID.
+    ResourceId(String),
+    /// By object (principal) ID.
+    ObjectId(String),
+}
+
+/// What every credential built from a spec shares: the HTTP transport (extra CAs) and cloud.
+#[derive(Clone)]
+pub(crate) struct CredentialEnv {
+    pub(crate) transport: Transport,
+    pub(crate) cloud: Option<Arc<CloudConfiguration>>,
+}
+
+impl CredentialEnv {
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            transport: Some(self.transport.clone()),
+            cloud: self.cloud.clone(),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+pub(crate) fn build_credential(
+    spec: &CredentialSpec,
+    env: &CredentialEnv,
+) -> azure_core::Result<Arc<dyn TokenCredential>> {
+    Ok(match spec {
+        CredentialSpec::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+        } => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+            credential_options: ClientAssertionCredentialOptions {
+                client_options: env.client_options(),
+            },
+            client_id: client_id.clone(),
+            tenant_id: tenant_id.clone(),
+            token_file_path: token_file.clone(),
+        }))?,
+        CredentialSpec::ManagedIdentity { user_assigned } => {
+            ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                user_assigned_id: user_assigned.as_ref().map(|u| match u {
+                    UserAssigned::ClientId(id) => UserAssignedId::ClientId(id.clone()),
+                    UserAssigned::ResourceId(id) => UserAssignedId::ResourceId(id.clone()),
+                    UserAssigned::ObjectId(id) => UserAssignedId::ObjectId(id.clone()),
+                }),
+                client_options: env.client_options(),
+            }))?
+        }
+        CredentialSpec::ClientSecret {
+            tenant_id,
+            client_id,
+            secret,
+        } => ClientSecretCredential::new(
+            tenant_id,
+            client_id.clone(),
+            Secret::new(secret.clone()),
+            Some(ClientSecretCredentialOptions {
+                client_options: env.client_options(),
+            }),
+        )?,
+    })
+}
+
+/// Minimum spacing of rebuilds, so a burst of 401s from concurrent batches rebuilds once.
+const MIN_RESET_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A [`TokenCredential`] whose inner credential (and thus its token cache) can be replaced.
+pub(crate) struct ResettableCredential {
+    spec: CredentialSpec,
+    env: CredentialEnv,
+    inner: RwLock<Arc<dyn TokenCredential>>,
+    last_reset: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for ResettableCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResettableCredential")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResettableCredential {
+    pub(crate) fn new(spec: CredentialSpec, env: CredentialEnv) -> azure_core::Result<Self> {
+        let inner = build_credential(&spec, &env)?;
+        Ok(Self {
+            spec,
+            env,
+            inner: RwLock::new(inner),
+            last_reset: Mutex::new(None),
+        })
+    }
+
+    /// Replaces the inner credential so the next token comes from Entra, not a cache.
+    /// Returns whether a rebuild happened (false when one happened within the last second or
+    /// the rebuild failed; the old credential then stays in place).
+    pub(crate) fn reset(&self) -> bool {
+        {
+            let mut last = self
+                .last_reset
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < MIN_RESET_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match build_credential(&self.spec, &self.env) {
+            Ok(fresh) => {
+                *self
+                    .inner
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot rebuild credential after 401; keeping the current one");
+                false
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for ResettableCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let inner = Arc::clone(
+            &self
+                .inner
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        inner.get_token(scopes, options).await
+    }
+}

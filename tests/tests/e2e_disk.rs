@@ -1,0 +1,193 @@
+//! The real binary, the disk buffer, the testbench: delivery, clean restarts, outages,
+//! bad input and `validate`.
+
+use std::time::Duration;
+
+use e2e::{
+    BridgeOptions, eventually, free_port, log_tail, missing_event_ids, spawn_bridge, terminate,
+    testbench_config, write_config,
+};
+use testbench::{Fault, MalformedKind, Target, Testbench};
+
+async fn testbench(partitions: u32) -> Testbench {
+    Testbench::start(testbench_config(partitions))
+        .await
+        .expect("start testbench")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_event_and_restarts_cleanly_after_sigterm() {
+    let tb = testbench(2).await;
+    tb.falcon().append_events(0, 6_000);
+    tb.falcon().append_events(1, 4_000);
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(
+        &tb,
+        dir.path(),
+        &BridgeOptions {
+            admin_port,
+            ..BridgeOptions::default()
+        },
+    );
+
+    let mut bridge = spawn_bridge(&config, dir.path(), 0);
+    let all_there = eventually(Duration::from_secs(90), || {
+        missing_event_ids(&tb).is_empty()
+    })
+    .await;
+    assert!(
+        all_there,
+        "events missing; log:\n{}",
+        log_tail(dir.path(), 0)
+    );
+
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("http://127.0.0.1:{admin_port}/ready"))
+        .send()
+        .await
+        .expect("admin /ready");
+    assert_eq!(ready.status(), 200, "not ready: {:?}", ready.text().await);
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .expect("admin /metrics")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("fsb_writer_records_delivered_total"),
+        "{metrics}"
+    );
+
+    let status = terminate(&mut bridge, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}; log:\n{}",
+        log_tail(dir.path(), 0)
+    );
+
+    // A clean stop acknowledged everything it delivered: a restart resends nothing, and
+    // new events flow from exactly where the first run stopped.
+    tb.falcon().append_events(0, 500);
+    tb.falcon().append_events(1, 500);
+    let mut bridge = spawn_bridge(&config, dir.path(), 1);
+    let all_there = eventually(Duration::from_secs(60), || {
+        missing_event_ids(&tb).is_empty()
+    })
+    .await;
+    assert!(
+        all_there,
+        "events missing after restart; log:\n{}",
+        log_tail(dir.path(), 1)
+    );
+    let status = terminate(&mut bridge, Duration::from_secs(20));
+    assert!(status.success());
+    let ledger = tb.ingestion().ledger();
+    assert_eq!(
+        ledger.duplicates, 0,
+        "a clean restart must not resend anything"
+    );
+    assert_eq!(ledger.event_ids.len(), 11_000);
+    tb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_outage_fills_the_buffer_then_drains_with_nothing_lost() {
+    let tb = testbench(1).await;
+    tb.faults().inject(Fault::Status {
+        target: Target::Ingestion,
+        status: 503,
+        retry_after_secs: Some(1),
+        count: None,
+        duration_secs: Some(4),
+    });
+    tb.falcon().append_events(0, 5_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&tb, dir.path(), &BridgeOptions::default());
+    let mut bridge = spawn_bridge(&config, dir.path(), 0);
+
+    let all_there = eventually(Duration::from_secs(90), || {
+        missing_event_ids(&tb).is_empty()
+    })
+    .await;
+    assert!(
+        all_there,
+        "events missing; log:\n{}",
+        log_tail(dir.path(), 0)
+    );
+    let ledger = tb.ingestion().ledger();
+    assert!(
+        ledger.statuses.get(&503).copied().unwrap_or(0) > 0,
+        "the outage was never seen: {:?}",
+        ledger.statuses
+    );
+    assert_eq!(ledger.oversize_rejections, 0);
+    assert!(terminate(&mut bridge, Duration::from_secs(20)).success());
+    tb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_and_refused_records_are_dead_lettered_while_the_rest_flows() {
+    let tb = testbench(1).await;
+    tb.faults().inject(Fault::Malformed {
+        partition: 0,
+        offset: 100,
+        kind: MalformedKind::InvalidJson,
+    });
+    tb.faults().inject(Fault::Malformed {
+        partition: 0,
+        offset: 200,
+        kind: MalformedKind::InvalidUtf8,
+    });
+    let customer = tb.falcon().customer_id().to_owned();
+    let poison = format!("{customer}:0:300");
+    tb.faults().inject(Fault::RejectEventIds {
+        event_ids: vec![poison.clone()],
+    });
+    tb.falcon().append_events(0, 2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&tb, dir.path(), &BridgeOptions::default());
+    let mut bridge = spawn_bridge(&config, dir.path(), 0);
+
+    let bad = [
+        format!("{customer}:0:100"),
+        format!("{customer}:0:200"),
+        poison.clone(),
+    ];
+    let rest_there = eventually(Duration::from_secs(90), || {
+        missing_event_ids(&tb).iter().all(|id| bad.contains(id))
+    })
+    .await;
+    assert!(
+        rest_there,
+        "good events missing; log:\n{}",
+        log_tail(dir.path(), 0)
+    );
+    assert!(terminate(&mut bridge, Duration::from_secs(20)).success());
+
+    let mut letters = String::new();
+    for entry in std::fs::read_dir(dir.path().join("dead-letter")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            letters.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    let lines: Vec<serde_json::Value> = letters
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("dead letter is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{letters}");
+    assert_eq!(
+        lines.iter().filter(|l| l["stage"] == "source").count(),
+        2,
+        "{letters}"
+    );
+    let refused: Vec<_> = lines.iter().filter(|l| l["stage"] == "sentinel").collect();
+    assert_eq!(refused.len(), 1, "{letters}");
+    assert_eq!(refused[0]["offset"], 300);
+    assert_eq!(refused[0]["status"], 400);
+    tb.shutdown().await;
+}
