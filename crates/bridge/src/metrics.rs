@@ -77,7 +77,8 @@ pub struct HealthRecord {
     pub buffer_capacity_bytes: u64,
     /// Records delivered since start.
     pub delivered_records: u64,
-    /// Records dead-lettered by the writer since start.
+    /// Records dead-lettered since start: stream lines the source could not parse plus
+    /// records Azure refused.
     pub dead_letters: u64,
     /// Latest Logs Ingestion error, if any.
     pub last_error: String,
@@ -153,7 +154,12 @@ impl Metrics {
             buffer_depth_bytes: depth.bytes,
             buffer_capacity_bytes: capacity,
             delivered_records: self.writer.delivered.load(Ordering::Relaxed),
-            dead_letters: self.writer.dead_lettered.load(Ordering::Relaxed),
+            dead_letters: self.writer.dead_lettered.load(Ordering::Relaxed)
+                + source
+                    .partitions
+                    .values()
+                    .map(falcon_stream::PartitionSnapshot::total_dead_letters)
+                    .sum::<u64>(),
             last_error: health.last_error.unwrap_or_default(),
         }
     }

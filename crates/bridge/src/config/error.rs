@@ -74,6 +74,16 @@ impl ConfigErrors {
         self.0.is_empty()
     }
 
+    /// The process exit code for a config that cannot be used: 66 (`EX_NOINPUT`) when the
+    /// file could not be read, 64 otherwise (the house convention for an invalid config).
+    pub fn exit_code(&self) -> u8 {
+        if !self.0.is_empty() && self.0.iter().all(|e| e.kind == ErrorKind::Read) {
+            66
+        } else {
+            64
+        }
+    }
+
     pub(crate) fn single(error: ConfigError) -> Self {
         Self(vec![error])
     }

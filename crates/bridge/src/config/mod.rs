@@ -3,8 +3,9 @@
 //! Pipeline (pure apart from reading the file; no network):
 //! 1. read the file (bounded to [`MAX_CONFIG_BYTES`]);
 //! 2. interpolate `${VAR}` / `${VAR:-default}` (`$${` escapes), keeping line numbers exact;
-//! 3. parse with serde-saphyr into raw structs that reject unknown keys, tracking the key
-//!    path with serde_path_to_error;
+//! 3. report every unknown key at once (serde stops at the first; the key lists are read
+//!    from the serde derives, so they cannot drift), then parse with serde-saphyr into raw
+//!    structs that reject unknown keys, tracking the key path with serde_path_to_error;
 //! 4. `validate`: a pure function that collects *every* semantic problem and returns
 //!    validated types (`Duration`, `Url`, enums);
 //! 5. secrets stay references ([`SecretRef`]) until the service resolves them at start-up.
@@ -393,17 +394,30 @@ fn expected_scalar(ty: &'static str, path: &str) -> (&'static str, Option<String
     }
 }
 
-/// The candidate within edit distance 2 of `word`, if any.
+/// The likeliest intended candidate for a misspelt `word`: the nearest by edit distance
+/// (at most 2, or a fifth of the word for long keys such as `batch_linger_secs`), else one
+/// that contains the other at one end (`tenant` → `tenant_id`, `mechanism` →
+/// `sasl_mechanism`).
 fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     if word.len() < 3 {
         return None;
     }
-    candidates
+    let limit = (word.len() / 5).max(2);
+    let nearest = candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, _)| *d <= 2)
+        .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c);
+    nearest.or_else(|| {
+        candidates
+            .iter()
+            .filter(|c| {
+                c.len() >= 3 && (c.starts_with(word) || c.ends_with(word) || word.starts_with(**c))
+            })
+            .min_by_key(|c| c.len())
+            .copied()
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

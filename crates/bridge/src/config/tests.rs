@@ -165,6 +165,59 @@ fn unknown_key_at_depth_three_is_reported_with_position_path_and_suggestion() {
 }
 
 #[test]
+fn every_unknown_key_is_reported_at_once() {
+    let yaml = "\
+falcon:
+  clent_id: abc
+  client_secret: { env: FALCON_CLIENT_SECRET }
+  app_id: fsbridge01
+sentinel:
+  endpoint: https://dce.example.com
+  dcr_immutable_id: dcr-0123456789abcdef0123456789abcdef
+  credential: { type: workload_identity, tenant: x }
+  batch_linger_secs: 1
+buffer: { type: kafka, brokers: [a:1], security: { protocol: ssl, mechanism: plain } }
+loggging: { level: info }
+";
+    let errors = errors(yaml);
+    let found: Vec<(usize, usize, &str)> = errors
+        .errors()
+        .iter()
+        .map(|e| (e.line, e.column, e.path.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (2, 3, "falcon.clent_id"),
+            (8, 42, "sentinel.credential.tenant"),
+            (9, 3, "sentinel.batch_linger_secs"),
+            (10, 67, "buffer.security.mechanism"),
+            (11, 1, "loggging"),
+        ],
+        "\n{errors}"
+    );
+    let suggestions: Vec<Option<&str>> = errors
+        .errors()
+        .iter()
+        .map(|e| {
+            e.hint
+                .as_deref()
+                .and_then(|h| h.strip_prefix("did you mean `")?.split('`').next())
+        })
+        .collect();
+    assert_eq!(
+        suggestions,
+        [
+            Some("client_id"),
+            Some("tenant_id"),
+            Some("batch_linger_ms"),
+            Some("sasl_mechanism"),
+            Some("log")
+        ]
+    );
+}
+
+#[test]
 fn key_of_another_type_is_rejected_at_the_key() {
     let error = single(&with_line(9, "    resource_id: /subscriptions/x"));
     assert_eq!(
@@ -694,6 +747,11 @@ fn unreadable_config_file_is_a_read_error() {
     let error =
         load(std::path::Path::new("/nonexistent/bridge.yaml"), &env(&[])).expect_err("missing");
     assert_eq!(error.errors()[0].kind, ErrorKind::Read);
+    assert_eq!(error.exit_code(), 66);
+    assert_eq!(
+        errors(MIN.replace("fsbridge01", "x-y").as_str()).exit_code(),
+        64
+    );
     assert!(
         error
             .to_string()
