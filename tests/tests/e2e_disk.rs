@@ -74,7 +74,7 @@ async fn delivers_every_event_and_restarts_cleanly_after_sigterm() {
     tb.falcon().append_events(0, 500);
     tb.falcon().append_events(1, 500);
     let mut bridge = spawn_bridge(&config, dir.path(), 1);
-    let all_there = eventually(Duration::from_secs(60), || {
+    let all_there = eventually(Duration::from_mins(1), || {
         missing_event_ids(&tb).is_empty()
     })
     .await;

@@ -75,6 +75,19 @@ async fn appenders(
         secs,
     );
 
+    // Reopen: the integrity check reads the whole file.
+    buf.close().await?;
+    drop(buf);
+    let mut cfg = DiskBufferConfig::new(dir.join(format!("append-{n}-{batch}-{linger_ms}")));
+    cfg.max_bytes = 4 * 1024 * 1024 * 1024;
+    let started = Instant::now();
+    let buf = DiskBuffer::open(cfg)?;
+    println!(
+        "reopen with {} MiB unacknowledged: {:.2} s",
+        depth.bytes / 1024 / 1024,
+        started.elapsed().as_secs_f64()
+    );
+
     // Read+ack path on what was just appended.
     let started = Instant::now();
     let mut read = 0u64;

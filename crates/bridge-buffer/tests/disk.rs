@@ -380,3 +380,61 @@ async fn acked_backlog_space_is_given_back_on_reopen() {
     assert!(after < full / 4, "space given back: {full} -> {after}");
     assert_eq!(buf.resume_offsets().await.unwrap()[&0], 1999);
 }
+
+#[tokio::test]
+async fn damaged_cleanly_closed_file_is_refused_or_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let buf = DiskBuffer::open(cfg.clone()).unwrap();
+    let written: Vec<Record> = (0..2000).map(|o| rec(0, o, 1500)).collect();
+    for chunk in written.chunks(200) {
+        buf.append(chunk.to_vec()).await.unwrap();
+    }
+    let path = buf.path().to_path_buf();
+    buf.close().await.unwrap();
+    drop(buf);
+    let mut file = std::fs::read(&path).unwrap();
+    let mid = file.len() / 2;
+    for b in &mut file[mid..mid + 65536] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &file).unwrap();
+    match DiskBuffer::open(cfg) {
+        Err(e) => {
+            let message = format!("{e}: {:?}", std::error::Error::source(&e));
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+        Ok(buf) => {
+            // Only acceptable if nothing was lost or altered.
+            let got = read_all(&buf, 2000).await;
+            let got: Vec<Record> = got.into_iter().map(|e| e.record).collect();
+            assert!(got == written, "damaged file served altered records");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let buf = DiskBuffer::open(cfg.clone()).unwrap();
+    buf.append(vec![rec(0, 0, 10)]).await.unwrap();
+    buf.close().await.unwrap();
+    drop(buf);
+    {
+        let db = redb::Database::open(dir.path().join("buffer.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            let mut t = txn.open_table(table).unwrap();
+            assert_eq!(t.insert("format", 99).unwrap().map(|v| v.value()), Some(1));
+        }
+        txn.commit().unwrap();
+    }
+    let err = DiskBuffer::open(cfg).unwrap_err();
+    let message = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(
+        message.contains("buffer.redb") && message.contains("format 99"),
+        "{message}"
+    );
+}

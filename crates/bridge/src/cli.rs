@@ -26,7 +26,7 @@ enum Command {
     /// Run the service until SIGTERM or SIGINT.
     Run(ConfigArg),
     /// Check a configuration without touching the network; print it with secrets redacted.
-    Validate(ConfigArg),
+    Validate(ValidateArgs),
     /// Run the whole pipeline against the in-process testbench and count every event.
     Demo(DemoArgs),
     /// Inspect or resend dead-lettered records.
@@ -39,6 +39,16 @@ struct ConfigArg {
     /// Path of the YAML configuration file.
     #[arg(long, short, env = "FSB_CONFIG")]
     config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also check that every file the config names (secrets, CA files, token file) exists
+    /// and reads, as `run` does at start-up; use it where those files are mounted.
+    #[arg(long)]
+    check_files: bool,
 }
 
 #[derive(Debug, Args)]
@@ -80,8 +90,13 @@ pub fn run_cli(cli: Cli) -> ExitCode {
     }
 }
 
-fn validate(arg: &ConfigArg) -> ExitCode {
-    match load(arg) {
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let loaded = if args.check_files {
+        load(&args.config)
+    } else {
+        config::load(&args.config.config, &ProcessEnv).map_err(|errors| report(&args.config, &errors))
+    };
+    match loaded {
         Ok(cfg) => {
             crate::output::stdout(&cfg.redacted_yaml());
             ExitCode::SUCCESS
@@ -107,11 +122,13 @@ fn with_config(arg: &ConfigArg, f: impl FnOnce(config::Config) -> anyhow::Result
 fn load(arg: &ConfigArg) -> Result<config::Config, ExitCode> {
     let loaded =
         config::load(&arg.config, &ProcessEnv).and_then(|cfg| cfg.check_files().map(|()| cfg));
-    loaded.map_err(|errors| {
-        crate::output::stderr(&format!(
-            "{}: invalid configuration\n{errors}",
-            arg.config.display()
-        ));
-        ExitCode::from(EXIT_CONFIG)
-    })
+    loaded.map_err(|errors| report(arg, &errors))
+}
+
+fn report(arg: &ConfigArg, errors: &config::ConfigErrors) -> ExitCode {
+    crate::output::stderr(&format!(
+        "{}: invalid configuration\n{errors}",
+        arg.config.display()
+    ));
+    ExitCode::from(EXIT_CONFIG)
 }

@@ -22,7 +22,8 @@ use crate::config::{self, Env};
 use crate::pipeline::{self, ServiceHandles};
 use crate::telemetry::{self, LogFormat};
 
-/// The Entra application the demo's bridge authenticates as (registered in the emulator).
+/// The Entra application the demo's bridge authenticates as (registered in the emulator;
+/// `config/examples/demo.yaml` names it).
 const DEMO_AZURE_CLIENT_ID: &str = "5f1b7a3e-0c1d-4e2f-9a8b-7c6d5e4f3a2b";
 
 /// How long the demo waits without any progress before it gives up and reports.
@@ -117,59 +118,8 @@ fn peak_rss() -> Option<String> {
     Some(format!("{:.0} MiB", kib as f64 / 1024.0))
 }
 
-fn demo_config_yaml(
-    tb: &Testbench,
-    data_dir: &std::path::Path,
-    ca_file: &std::path::Path,
-) -> String {
-    let url = tb.url();
-    let base = url.as_str().trim_end_matches('/');
-    format!(
-        r"# Rendered by `falcon-sentinel-bridge demo` for the in-process testbench.
-falcon:
-  base_url: {base}
-  client_id: testbench-falcon-client
-  client_secret: {{ env: FALCON_CLIENT_SECRET }}
-  app_id: fsbdemo
-  partitions: all
-  start: earliest
-buffer:
-  type: disk
-  path: {buffer}
-  max_bytes: 4294967296
-sentinel:
-  endpoint: {base}
-  dcr_immutable_id: dcr-00000000000000000000000000000001
-  default_stream: Custom-FalconEvents
-  streams:
-    EppDetectionSummaryEvent: Custom-FalconDetections
-  credential:
-    type: client_secret
-    tenant_id: 00000000-0000-0000-0000-0000000000aa
-    client_id: {client}
-    client_secret: {{ env: AZURE_CLIENT_SECRET }}
-  authority_host: {base}
-  batch_linger_ms: 200
-  max_concurrency: 4
-dead_letter:
-  type: directory
-  path: {dead}
-admin:
-  listen: 127.0.0.1:0
-health:
-  enabled: false
-log:
-  level: warn
-  format: text
-tls:
-  extra_ca_files: [{ca}]
-",
-        client = DEMO_AZURE_CLIENT_ID,
-        buffer = data_dir.join("buffer").display(),
-        dead = data_dir.join("dead-letter").display(),
-        ca = ca_file.display(),
-    )
-}
+/// The demo's config: `config/examples/demo.yaml`, validated in CI like every example.
+const DEMO_CONFIG: &str = include_str!("../../../config/examples/demo.yaml");
 
 async fn demo(args: &DemoArgs) -> anyhow::Result<Summary> {
     let data_dir = match &args.data_dir {
@@ -202,21 +152,17 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Summary> {
         let extra = u64::from(partition == 0) * (args.events % u64::from(partitions));
         tb.falcon().append_events(partition, per_partition + extra);
     }
-    let ca_file = data_dir.join("testbench-ca.pem");
+    let ca_file = data_dir.join("ca.pem");
     std::fs::write(&ca_file, tb.ca_pem()).context("write the testbench CA")?;
 
+    let url = tb.url();
     let env = MapEnv(HashMap::from([
-        (
-            "FALCON_CLIENT_SECRET".to_owned(),
-            "testbench-falcon-secret".to_owned(),
-        ),
-        (
-            "AZURE_CLIENT_SECRET".to_owned(),
-            "testbench-azure-secret".to_owned(),
-        ),
+        ("DEMO_URL".to_owned(), url.as_str().trim_end_matches('/').to_owned()),
+        ("DEMO_DIR".to_owned(), data_dir.display().to_string()),
+        ("DEMO_FALCON_CLIENT_SECRET".to_owned(), "testbench-falcon-secret".to_owned()),
+        ("DEMO_AZURE_CLIENT_SECRET".to_owned(), "testbench-azure-secret".to_owned()),
     ]));
-    let yaml = demo_config_yaml(&tb, &data_dir, &ca_file);
-    let cfg = config::load_str(&yaml, "demo.yaml", &env)
+    let cfg = config::load_str(DEMO_CONFIG, "config/examples/demo.yaml", &env)
         .map_err(|errors| anyhow::anyhow!("demo config is invalid (a bug):\n{errors}"))?;
 
     let shutdown = CancellationToken::new();

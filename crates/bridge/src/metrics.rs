@@ -219,6 +219,8 @@ fn as_gauge(value: u64) -> i64 {
 }
 
 impl Collector for Metrics {
+    // One flat list of every metric reads better than helpers split by stage.
+    #[allow(clippy::too_many_lines)]
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let source = self.source.snapshot();
         let partition = |p: &u32| vec![("partition", p.to_string())];

@@ -46,12 +46,12 @@ fn main() {
 
     for round in 0..3 {
         let start = Instant::now();
-        let mut framer = LineFramer::new(16 * 1024 * 1024, 64 * 1024);
+        let mut splitter = LineFramer::new(16 * 1024 * 1024, 64 * 1024);
         let mut frames = Vec::new();
         let mut events = 0u64;
         let mut last = 0u64;
         for chunk in &chunks {
-            framer.push(chunk, &mut frames);
+            splitter.push(chunk, &mut frames);
             for frame in frames.drain(..) {
                 if let Frame::Line(line) = frame
                     && let Ok(ev) = parse_line(0, &line)

@@ -504,6 +504,34 @@ mod tests {
     }
 
     #[test]
+    fn region_autodiscovery_switches_only_known_clouds() {
+        let stats = Arc::new(SourceStats::default());
+        let app = AppId::new("app").unwrap();
+        let mut config = SourceConfig::new(Cloud::Us1.base_url(), "id", "secret", "app");
+        config.region_autodiscovery = true;
+        let api = Api::new(Client::new(), &config, app.clone(), Arc::clone(&stats));
+        api.maybe_switch_region("eu-1");
+        assert_eq!(api.base(), Cloud::Eu1.base_url());
+        api.maybe_switch_region("mars-1");
+        assert_eq!(api.base(), Cloud::Eu1.base_url());
+
+        config.base_url = Url::parse("https://127.0.0.1:8443/").unwrap();
+        let api = Api::new(Client::new(), &config, app.clone(), Arc::clone(&stats));
+        api.maybe_switch_region("eu-1");
+        assert_eq!(
+            api.base().as_str(),
+            "https://127.0.0.1:8443/",
+            "custom base URLs are never redirected"
+        );
+
+        config.base_url = Cloud::Us1.base_url();
+        config.region_autodiscovery = false;
+        let api = Api::new(Client::new(), &config, app, stats);
+        api.maybe_switch_region("eu-1");
+        assert_eq!(api.base(), Cloud::Us1.base_url());
+    }
+
+    #[test]
     fn resource_partition_from_feed_url() {
         let r = ResourceBody {
             data_feed_url:
@@ -515,7 +543,7 @@ mod tests {
         };
         let s = to_resource(0, r).unwrap();
         assert_eq!(s.partition, 7);
-        assert_eq!(s.refresh_interval, Duration::from_secs(1800));
+        assert_eq!(s.refresh_interval, Duration::from_mins(30));
         assert!(!format!("{s:?}").contains("\"t\""));
     }
 }

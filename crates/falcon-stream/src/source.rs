@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, StreamResource, build_client};
-use crate::config::{AppId, SourceConfig, StartPosition};
+use crate::config::{AppId, PartitionSelection, SourceConfig, StartPosition};
 use crate::error::{ApiError, SourceError};
 use crate::event::{
     DEAD_LETTER_RAW_CAP, DeadLetterReason, EventSink, FalconEvent, SourceDeadLetter, parse_line,
@@ -117,6 +117,16 @@ impl<S: EventSink> FalconSource<S> {
                     continue;
                 }
             };
+            if let PartitionSelection::List(wanted) = &inner.config.partitions {
+                let missing: Vec<u32> = wanted
+                    .iter()
+                    .copied()
+                    .filter(|p| !resources.iter().any(|r| r.partition == *p))
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::warn!(?missing, "configured partitions not offered by discover");
+                }
+            }
             let (selected, skipped): (Vec<_>, Vec<_>) = resources
                 .into_iter()
                 .partition(|r| inner.config.partitions.contains(r.partition));
@@ -156,7 +166,7 @@ impl<S: EventSink> FalconSource<S> {
                         }
                     }
                     Err(error) => {
-                        tracing::error!(%error, "partition task failed; restarting the session group")
+                        tracing::error!(%error, "partition task failed; restarting the session group");
                     }
                 }
                 first = false;
@@ -182,7 +192,7 @@ fn log_end(end: &SessionEnd, cause: ReconnectCause) {
             tracing::info!(partition = end.partition, %cause, detail = %end.detail, "feed ended; reconnecting from the durable offset");
         }
         _ => {
-            tracing::warn!(partition = end.partition, %cause, detail = %end.detail, "feed failed; reconnecting from the durable offset")
+            tracing::warn!(partition = end.partition, %cause, detail = %end.detail, "feed failed; reconnecting from the durable offset");
         }
     }
 }
@@ -443,10 +453,10 @@ impl<S: EventSink> Reader<S> {
                         pending_end = Some((
                             Some(ReconnectCause::Eof),
                             "server ended the stream".to_owned(),
-                        ))
+                        ));
                     }
                     Some(Some(Err(e))) => {
-                        pending_end = Some((Some(ReconnectCause::ReadError), e.to_string()))
+                        pending_end = Some((Some(ReconnectCause::ReadError), e.to_string()));
                     }
                     Some(Some(Ok(chunk))) => {
                         if let Err(stop) = self.ingest(&chunk).await {

@@ -159,6 +159,20 @@ impl Batcher {
         self.limit
     }
 
+    /// The planning ratio (JSON bytes per gzip byte) learnt so far in compressed mode.
+    pub fn ratio_estimate(&self) -> f64 {
+        self.ratio_estimate
+    }
+
+    /// Starts from a ratio learnt earlier (e.g. by the previous delivery), clamped to 1..=20.
+    #[must_use]
+    pub fn with_ratio_estimate(mut self, ratio: f64) -> Self {
+        if ratio.is_finite() {
+            self.ratio_estimate = ratio.clamp(1.0, 20.0);
+        }
+        self
+    }
+
     /// Greedily splits records (given by their JSON lengths, in order) into request-sized runs.
     /// A record that cannot fit even alone is listed in [`Plan::too_large`] and never sent.
     pub fn plan(&self, lengths: impl IntoIterator<Item = usize>) -> Plan {

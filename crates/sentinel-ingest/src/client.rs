@@ -169,6 +169,8 @@ pub struct RejectedRecord {
     pub error_code: Option<String>,
     /// The body's `error.message`.
     pub message: Option<String>,
+    /// `x-ms-client-request-id` of the request Azure refused (joins `DCRLogErrors.ClientRequestId`).
+    pub client_request_id: Option<String>,
 }
 
 /// Result of one [`IngestClient::deliver`].
@@ -230,21 +232,24 @@ pub struct IngestClient {
     gate: Gate,
     stats: Stats,
     health: HealthState,
+    /// Compressed mode: the batcher's learnt ratio (f64 bits), carried across deliveries so
+    /// planning starts from what this data compresses to.
+    ratio_estimate: std::sync::atomic::AtomicU64,
 }
 
 /// The terminal answer for one body.
 enum Settled {
     Delivered,
-    Split {
-        status: u16,
-        code: Option<String>,
-        message: Option<String>,
-    },
-    Reject {
-        status: u16,
-        code: Option<String>,
-        message: Option<String>,
-    },
+    Split(Refusal),
+    Reject(Refusal),
+}
+
+/// Azure's refusal of one body (413 or 400).
+struct Refusal {
+    status: u16,
+    code: Option<String>,
+    message: Option<String>,
+    request_id: Uuid,
 }
 
 /// A contiguous run of records to send as one body.
@@ -356,6 +361,7 @@ impl IngestClient {
             gate: Gate(Mutex::new(Instant::now())),
             stats: Stats::default(),
             health: HealthState::default(),
+            ratio_estimate: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -391,6 +397,7 @@ impl IngestClient {
     /// Delivers every record of `records` to `stream`, splitting to the API's limits,
     /// retrying transient failures forever, isolating what Azure refuses. Resolves once each
     /// record is delivered or dead-lettered, or with [`DeliverError::Cancelled`].
+    #[allow(clippy::too_many_lines, reason = "one state machine: queue, in-flight set, outcomes")]
     pub async fn deliver(
         &self,
         stream: &str,
@@ -404,9 +411,11 @@ impl IngestClient {
         let url = self.stream_url(stream);
         let json: Vec<Bytes> = records.iter().map(|r| r.json.clone()).collect();
         // Config was validated in `new`, so this cannot fail.
-        let Ok(mut batcher) = Batcher::new(self.config.batch_limit, self.config.gzip_level) else {
+        let Ok(batcher) = Batcher::new(self.config.batch_limit, self.config.gzip_level) else {
             unreachable!("batch settings validated in IngestClient::new")
         };
+        let learnt = self.ratio_estimate.load(std::sync::atomic::Ordering::Relaxed);
+        let mut batcher = if learnt == 0 { batcher } else { batcher.with_ratio_estimate(f64::from_bits(learnt)) };
         let plan = batcher.plan(json.iter().map(Bytes::len));
         for index in plan.too_large {
             self.dead_letter(
@@ -414,8 +423,6 @@ impl IngestClient {
                 stream,
                 &records[index],
                 RejectReason::RecordTooLarge,
-                None,
-                None,
                 None,
             );
         }
@@ -458,8 +465,6 @@ impl IngestClient {
                             record,
                             RejectReason::RecordTooLarge,
                             None,
-                            None,
-                            None,
                         );
                     }
                 }
@@ -479,33 +484,16 @@ impl IngestClient {
                     report.delivered += job.range.len() as u64;
                     self.stats.delivered(job.range.len());
                 }
-                Settled::Split {
-                    status,
-                    code,
-                    message,
-                }
-                | Settled::Reject {
-                    status,
-                    code,
-                    message,
-                } if job.range.len() == 1 => {
-                    let reason = if status == 413 {
+                Settled::Split(refusal) | Settled::Reject(refusal) if job.range.len() == 1 => {
+                    let reason = if refusal.status == 413 {
                         RejectReason::RecordTooLarge
                     } else {
                         RejectReason::Rejected
                     };
-                    self.dead_letter(
-                        &mut report,
-                        stream,
-                        &records[job.range.start],
-                        reason,
-                        Some(status),
-                        code,
-                        message,
-                    );
+                    self.dead_letter(&mut report, stream, &records[job.range.start], reason, Some(refusal));
                 }
-                Settled::Split { .. } | Settled::Reject { .. } => {
-                    if matches!(settled, Settled::Split { .. }) {
+                Settled::Split(_) | Settled::Reject(_) => {
+                    if matches!(settled, Settled::Split(_)) {
                         self.stats.split();
                     } else {
                         self.stats.bisect();
@@ -519,20 +507,22 @@ impl IngestClient {
             }
         }
         report.requests = requests.load(std::sync::atomic::Ordering::Relaxed);
+        self.ratio_estimate.store(batcher.ratio_estimate().to_bits(), std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn dead_letter(
         &self,
         report: &mut DeliveryReport,
         stream: &str,
         record: &EncodedRecord,
         reason: RejectReason,
-        status: Option<u16>,
-        error_code: Option<String>,
-        message: Option<String>,
+        refusal: Option<Refusal>,
     ) {
+        let (status, error_code, message, request_id) = match refusal {
+            Some(r) => (Some(r.status), r.code, r.message, Some(r.request_id.to_string())),
+            None => (None, None, None, None),
+        };
         tracing::error!(
             stream,
             dcr = %self.config.dcr_immutable_id,
@@ -542,6 +532,7 @@ impl IngestClient {
             status,
             error_code = error_code.as_deref(),
             message = message.as_deref(),
+            client_request_id = request_id.as_deref(),
             "record dead-lettered"
         );
         self.stats.dead_lettered(1);
@@ -551,12 +542,13 @@ impl IngestClient {
             status,
             error_code,
             message,
+            client_request_id: request_id,
         });
     }
 
     /// Sends one body until Azure gives a terminal answer (204, 413, 400). Every other outcome
     /// waits and retries with the same body and request id.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines, reason = "one retry loop; each arm is one policy row")]
     async fn send_until_settled(
         &self,
         url: &Url,
@@ -575,6 +567,7 @@ impl IngestClient {
             .without_max_times()
             .build();
         let mut unauthorized_in_a_row = 0u32;
+        let mut auth_failures_in_a_row = 0u32;
         let request_id_text = request_id.to_string();
         loop {
             self.gate.wait(cancel).await?;
@@ -629,18 +622,11 @@ impl IngestClient {
                         .record(stream, Some(status), Some(describe()), Some(false));
                     tracing::warn!(stream, client_request_id = %request_id, records, status, error_code = code.as_deref(),
                         message = message.as_deref(), "batch refused; splitting to isolate");
+                    let refusal = Refusal { status, code, message, request_id };
                     return Ok(if action == Action::Split {
-                        Settled::Split {
-                            status,
-                            code,
-                            message,
-                        }
+                        Settled::Split(refusal)
                     } else {
-                        Settled::Reject {
-                            status,
-                            code,
-                            message,
-                        }
+                        Settled::Reject(refusal)
                     });
                 }
                 Action::RetryAfter(wait) => {
@@ -652,6 +638,12 @@ impl IngestClient {
                 Action::Backoff(reason) => {
                     self.stats.retry(reason);
                     self.health.record(stream, status, Some(describe()), None);
+                    if reason == RetryReason::Credential {
+                        auth_failures_in_a_row += 1;
+                        self.note_auth_failures(stream, auth_failures_in_a_row, &describe());
+                    } else {
+                        auth_failures_in_a_row = 0;
+                    }
                     let delay = backoff.next().unwrap_or(retry.max);
                     tracing::warn!(stream, client_request_id = %request_id, status, reason = reason.as_str(),
                         delay_ms = delay.as_millis() as u64, error = %describe(), "transient failure; retrying");
@@ -665,6 +657,8 @@ impl IngestClient {
                         self.stats.token_reset();
                     }
                     unauthorized_in_a_row += 1;
+                    auth_failures_in_a_row += 1;
+                    self.note_auth_failures(stream, auth_failures_in_a_row, &describe());
                     tracing::warn!(stream, client_request_id = %request_id, attempt = unauthorized_in_a_row, error = %describe(), "401; fetching a fresh token");
                     if unauthorized_in_a_row > 1 {
                         let delay = backoff.next().unwrap_or(retry.max);
@@ -684,9 +678,27 @@ impl IngestClient {
                 }
             }
             unauthorized_in_a_row = 0;
+            if action != Action::Backoff(RetryReason::Credential) {
+                auth_failures_in_a_row = 0;
+            }
+        }
+    }
+
+    /// Persistent auth failures (bad secret, wrong audience, identity not federated) are a
+    /// configuration problem like 403: keep retrying, but say so and fail readiness.
+    fn note_auth_failures(&self, stream: &str, in_a_row: u32, error: &str) {
+        if in_a_row >= AUTH_FAILURES_UNHEALTHY {
+            self.health.record(stream, None, None, Some(true));
+        }
+        if in_a_row == AUTH_FAILURES_UNHEALTHY {
+            tracing::error!(stream, dcr = %self.config.dcr_immutable_id, %error,
+                "cannot authenticate to the Logs Ingestion API (check the credential, tenant, audience); retrying");
         }
     }
 }
+
+/// Consecutive 401s or token failures of one body after which the client reports unhealthy.
+const AUTH_FAILURES_UNHEALTHY: u32 = 3;
 
 fn halves(range: &Range<usize>) -> (Range<usize>, Range<usize>) {
     let mid = range.start + range.len() / 2;

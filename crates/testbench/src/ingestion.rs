@@ -274,6 +274,23 @@ impl IngestionEmulator {
                 ),
             );
         };
+        // The docs list Content-Type as required (reference §1.4); refuse rather than guess.
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !json_type {
+            return azure_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "The request Content-Type must be 'application/json'.",
+            );
+        }
         let max = self.config.max_body_bytes;
         let declared_len = req
             .headers()

@@ -26,6 +26,13 @@
 //! * [`ingestion`]: the Logs Ingestion emulator and its [`Ledger`].
 //! * [`faults`]: fault injection.
 //!
+//! Faults are serde's externally tagged JSON, the same in Rust, over HTTP and on the CLI:
+//! `{"Status":{"target":"Ingestion","status":503,"retry_after_secs":2,"count":3}}`,
+//! `{"CutFeed":{"every_events":1000,"mid_line":true}}`,
+//! `{"Malformed":{"partition":0,"offset":7,"kind":{"Oversize":{"bytes":2000000}}}}`,
+//! `{"Malformed":{"partition":0,"offset":8,"kind":"InvalidJson"}}`.
+//! `Reset` closes the connection before any response byte; a feed cut mid-stream is `CutFeed`.
+//!
 //! Testbench endpoints besides the emulated APIs: `GET /_testbench/received` (the ledger as
 //! JSON), `POST /_testbench/faults` (a [`Fault`] as JSON), `DELETE /_testbench/faults`,
 //! `GET /_testbench/falcon/stats`.

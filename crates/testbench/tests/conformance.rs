@@ -867,12 +867,22 @@ async fn ingestion_enforces_wire_limit_and_accepts_gzip() {
     let resp = c
         .post(&url)
         .bearer_auth(&token)
+        .header("Content-Type", "application/json")
         .header("Content-Encoding", "gzip")
         .body(&b"not gzip"[..])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+    let resp = c
+        .post(&url)
+        .bearer_auth(&token)
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415, "Content-Type is required");
+    assert_eq!(resp.headers()["x-ms-error-code"], "UnsupportedMediaType");
     tb.shutdown().await;
 }
 
@@ -1385,5 +1395,55 @@ async fn chunked_oversize_body_is_413_with_the_bytes_received() {
         "{body}"
     );
     assert_eq!(tb.ingestion().ledger().oversize_rejections, 1);
+    tb.shutdown().await;
+}
+
+#[test]
+fn fault_json_examples_from_the_docs_parse() {
+    for text in [
+        r#"{"Status":{"target":"Ingestion","status":503,"retry_after_secs":2,"count":3}}"#,
+        r#"{"CutFeed":{"every_events":1000,"mid_line":true}}"#,
+        r#"{"Malformed":{"partition":0,"offset":7,"kind":{"Oversize":{"bytes":2000000}}}}"#,
+        r#"{"Malformed":{"partition":0,"offset":8,"kind":"InvalidJson"}}"#,
+        r#"{"Reset":{"target":"FalconFeed","count":1}}"#,
+        r#"{"Latency":{"target":"Entra","millis":50,"duration_secs":5}}"#,
+    ] {
+        let fault: Fault = serde_json::from_str(text).unwrap();
+        let round: Fault = serde_json::from_str(&serde_json::to_string(&fault).unwrap()).unwrap();
+        assert_eq!(fault, round);
+    }
+}
+
+#[tokio::test]
+async fn session_expires_on_time_even_while_the_reader_is_blocked() {
+    let (tb, c) = start(small(20_000)).await;
+    let token = falcon_token(&tb, &c).await;
+    let r = discover(&tb, &c, &token, "blocked").await;
+    let mut feed = open_feed(&c, &r["resources"][0], "").await;
+    assert_eq!(feed.status(), 200);
+    // Read nothing: the server's writes back up, yet the session must still expire.
+    wait_for("session expiry", || {
+        tb.falcon().stats().sessions_expired == 1
+    })
+    .await;
+    let url = r["resources"][0]["refreshActiveSessionURL"]
+        .as_str()
+        .unwrap();
+    let resp = c
+        .post(url)
+        .bearer_auth(&token)
+        .header("Content-Type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let buf = read_until(&mut feed, |_| false).await;
+    let got = offsets(&buf);
+    assert!(
+        !got.is_empty() && got.len() < 20_000,
+        "{} events before the end",
+        got.len()
+    );
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
     tb.shutdown().await;
 }

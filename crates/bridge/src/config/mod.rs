@@ -120,9 +120,32 @@ pub fn load_str(source: &str, origin: &str, env: &dyn Env) -> Result<Config, Con
         (line, columns.source_column(line, column))
     };
 
-    unknown_keys(&index, &columns, origin)?;
-    let raw = parse(&text, origin, &index, &columns)?;
-    let mut config = validate::validate(raw).map_err(|issues| {
+    // Unknown keys are reported together with everything else: they are blanked out (line
+    // numbers kept) so the rest of the document still parses and validates.
+    // A key inside a flow mapping (`{ a: 1, typo: 2 }`) cannot be blanked by lines: then the
+    // unknown keys are all that is reported.
+    let unknown = unknown_keys(&index, &columns, origin);
+    let text_lines: Vec<&str> = text.split('\n').collect();
+    let block_style = unknown.iter().all(|e| {
+        text_lines
+            .get(e.line.wrapping_sub(1))
+            .is_some_and(|l| l.trim_start().starts_with(e.path.rsplit('.').next().unwrap_or("")))
+    });
+    if !unknown.is_empty() && !block_style {
+        return Err(ConfigErrors(unknown));
+    }
+    let parse_text = if unknown.is_empty() {
+        text.clone()
+    } else {
+        blank_keys(&text, unknown.iter().map(|e| e.line))
+    };
+    let with_unknown = |mut errors: ConfigErrors| {
+        errors.0.extend(unknown.iter().cloned());
+        errors.0.sort_by_key(|e| (e.line, e.column));
+        errors
+    };
+    let raw = parse(&parse_text, origin, &index, &columns).map_err(with_unknown)?;
+    let validated = validate::validate(raw).map_err(|issues| {
         let mut errors: Vec<ConfigError> = issues
             .into_iter()
             .map(|issue| {
@@ -140,7 +163,12 @@ pub fn load_str(source: &str, origin: &str, env: &dyn Env) -> Result<Config, Con
             .collect();
         errors.sort_by_key(|e| (e.line, e.column));
         ConfigErrors(errors)
-    })?;
+    });
+    let mut config = match validated {
+        Ok(_) if !unknown.is_empty() => return Err(with_unknown(ConfigErrors(Vec::new()))),
+        Ok(config) => config,
+        Err(errors) => return Err(with_unknown(errors)),
+    };
     origin.clone_into(&mut config.origin);
     let positions = validate::file_refs(&config)
         .into_iter()
@@ -152,8 +180,36 @@ pub fn load_str(source: &str, origin: &str, env: &dyn Env) -> Result<Config, Con
     Ok(config)
 }
 
+/// `text` with the lines of the keys starting at `lines` (1-based), and their nested
+/// blocks, replaced by empty lines, so positions elsewhere stay exact.
+fn blank_keys(text: &str, lines: impl Iterator<Item = usize>) -> String {
+    let mut blank: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+    let all: Vec<&str> = text.split('\n').collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    for line in lines {
+        let Some(first) = line.checked_sub(1).and_then(|i| all.get(i).map(|l| (i, l))) else {
+            continue;
+        };
+        let (start, key_line) = first;
+        let key_indent = indent(key_line);
+        blank.insert(start);
+        for (i, l) in all.iter().enumerate().skip(start + 1) {
+            let trimmed = l.trim();
+            if !trimmed.is_empty() && indent(l) <= key_indent {
+                break;
+            }
+            blank.insert(i);
+        }
+    }
+    all.iter()
+        .enumerate()
+        .map(|(i, l)| if blank.contains(&i) { "" } else { *l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every unknown key of the known sections, before serde (which reports only the first).
-fn unknown_keys(index: &PathIndex, columns: &ColumnMap, origin: &str) -> Result<(), ConfigErrors> {
+fn unknown_keys(index: &PathIndex, columns: &ColumnMap, origin: &str) -> Vec<ConfigError> {
     let sections = raw::section_keys();
     let errors: Vec<ConfigError> = index
         .entries()
@@ -181,11 +237,7 @@ fn unknown_keys(index: &PathIndex, columns: &ColumnMap, origin: &str) -> Result<
             })
         })
         .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    errors
 }
 
 /// Step 3: serde with key-path tracking; one error (serde stops at the first).

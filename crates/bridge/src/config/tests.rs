@@ -165,6 +165,39 @@ fn unknown_key_at_depth_three_is_reported_with_position_path_and_suggestion() {
 }
 
 #[test]
+fn unknown_keys_are_reported_together_with_every_other_error() {
+    let yaml = "\
+falcon:
+  cloud: us-1
+  client_id: abc
+  client_secret: inline-value
+  app_id: not_valid!
+  colour:
+    nested: blue
+sentinel:
+  endpoint: http://insecure.example
+";
+    let errors = errors(yaml);
+    let found: Vec<(usize, &str)> = errors
+        .errors()
+        .iter()
+        .map(|e| (e.line, e.path.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (4, "falcon.client_secret"),
+            (5, "falcon.app_id"),
+            (6, "falcon.colour"),
+            (8, "sentinel.dcr_immutable_id"),
+            (8, "sentinel.credential"),
+            (9, "sentinel.endpoint"),
+        ],
+        "{errors}"
+    );
+}
+
+#[test]
 fn every_unknown_key_is_reported_at_once() {
     let yaml = "\
 falcon:

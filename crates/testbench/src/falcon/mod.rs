@@ -2,6 +2,21 @@
 //! feed and session refresh, with the session rules real clients trip over: single-use
 //! session tokens, expiry without refresh, one live session per appId, 415 on a refresh
 //! without `Content-Type`.
+//!
+//! Choices where the public record is silent (reference §1.3–1.8), each erring on the strict side:
+//! * A session token opens its feed once; a second `GET`, an unknown token, or the token of
+//!   an expired or superseded session get 401. Faults hit before the token is checked, so a
+//!   faulted open does not use it up.
+//! * An appId is held while one of its sessions has its feed open, or was refreshed and has
+//!   not expired; discover then answers 200 with empty `resources`. A feed that the server
+//!   closes itself (`CutFeed`, expiry) ends its session, so the client can rediscover at once.
+//! * A session expires `refreshActiveSessionInterval` after discovery or its last refresh:
+//!   its feed ends (a clean end of the chunked body) and refresh answers 404.
+//! * `offset=N` starts at N inclusive (below the first offset: at the first); no `offset`
+//!   starts at the oldest event; `whence=2` sends only events appended after the open.
+//!   `eventType=A,B` compares case-insensitively, so `EppDetectionSummaryEvent` also matches
+//!   the `EPPDetectionSummaryEvent` variant.
+//! * Keepalives are blank lines after `keepalive_interval_ms` without an event.
 
 pub(crate) mod generator;
 
@@ -710,17 +725,14 @@ impl FeedTask {
                         return;
                     }
                 }
-                if !buf.is_empty()
-                    && self
-                        .tx
-                        .send(Ok(Bytes::from(std::mem::replace(
-                            &mut buf,
-                            Vec::with_capacity(FEED_CHUNK_BYTES + 4096),
-                        ))))
-                        .await
-                        .is_err()
-                {
-                    return;
+                if !buf.is_empty() {
+                    let chunk = Bytes::from(std::mem::replace(
+                        &mut buf,
+                        Vec::with_capacity(FEED_CHUNK_BYTES + 4096),
+                    ));
+                    if !self.send_before_expiry(chunk).await {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -737,6 +749,31 @@ impl FeedTask {
                         if self.tx.send(Ok(line)).await.is_err() {
                             return;
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send a chunk, waiting for a slow reader, but end the session at its deadline as the
+    /// real server does: a client whose reading is blocked must still refresh in time.
+    async fn send_before_expiry(&self, chunk: Bytes) -> bool {
+        let f = &self.inner.falcon;
+        loop {
+            let Some(deadline) = f.session_deadline(self.session_id) else {
+                return false;
+            };
+            tokio::select! {
+                permit = self.tx.reserve() => {
+                    let Ok(permit) = permit else { return false };
+                    permit.send(Ok(chunk));
+                    return true;
+                }
+                () = self.inner.cancel.cancelled() => return false,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if f.session_deadline(self.session_id).is_some_and(|d| Instant::now() >= d) {
+                        f.end_session(self.session_id, true);
+                        return false;
                     }
                 }
             }
