@@ -53,7 +53,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -568,7 +570,8 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
     let txn = db.begin_write()?;
     let loaded = {
         let mut meta = txn.open_table(META)?;
-        match meta.get(META_FORMAT)?.map(|v| v.value()) {
+        let format = meta.get(META_FORMAT)?.map(|v| v.value());
+        match format {
             Some(FORMAT) => {}
             Some(other) => {
                 return Err(redb::Error::Corrupted(format!(

@@ -240,7 +240,7 @@ async fn wait_for_delivery(
         progress.set_position(done.min(total));
         if done >= total {
             // The writer counts what Azure accepted; confirm on the far side as well.
-            let unique = tb.ingestion().ledger().event_ids.len() as u64;
+            let unique = tb.ingestion().distinct_event_ids() as u64;
             if unique + handles.dead_letters.written() >= total {
                 return true;
             }

@@ -59,6 +59,13 @@ pub(crate) fn build_client(config: &SourceConfig) -> Result<Client, SourceError>
 #[derive(Clone)]
 pub(crate) struct SessionToken(String);
 
+impl SessionToken {
+    #[cfg(test)]
+    pub(crate) fn for_tests(token: &str) -> Self {
+        SessionToken(token.to_owned())
+    }
+}
+
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SessionToken(<redacted>)")
@@ -112,6 +119,14 @@ struct CachedToken {
     renew_at: Instant,
 }
 
+/// The cached token and, after a 429, when the token endpoint may be asked again: every
+/// caller (discover, each partition's refresh) shares one fetch and one rate-limit wait.
+#[derive(Default)]
+struct TokenSlot {
+    cached: Option<CachedToken>,
+    not_before: Option<Instant>,
+}
+
 /// Authenticated access to one Falcon API base.
 pub(crate) struct Api {
     http: Client,
@@ -122,7 +137,7 @@ pub(crate) struct Api {
     member_cid: Option<String>,
     app_id: AppId,
     timeout: Duration,
-    token: tokio::sync::Mutex<Option<CachedToken>>,
+    token: tokio::sync::Mutex<TokenSlot>,
     stats: Arc<SourceStats>,
 }
 
@@ -152,7 +167,7 @@ impl Api {
             member_cid: config.member_cid.clone(),
             app_id,
             timeout: config.request_timeout,
-            token: tokio::sync::Mutex::new(None),
+            token: tokio::sync::Mutex::new(TokenSlot::default()),
             stats,
         }
     }
@@ -174,25 +189,43 @@ impl Api {
     /// callers share one fetch.
     pub(crate) async fn bearer(&self) -> Result<Arc<str>, ApiError> {
         let mut slot = self.token.lock().await;
-        if let Some(t) = slot.as_ref()
-            && Instant::now() < t.renew_at
+        let now = Instant::now();
+        if let Some(t) = slot.cached.as_ref()
+            && now < t.renew_at
         {
             return Ok(Arc::clone(&t.value));
         }
-        *slot = None;
+        if let Some(until) = slot.not_before
+            && now < until
+        {
+            return Err(ApiError::RateLimited {
+                wait: Some(until - now),
+            });
+        }
+        slot.cached = None;
         let result = self.fetch_token().await;
         self.stats.token_request(result.is_ok());
-        let fresh = result?;
-        let value = Arc::clone(&fresh.value);
-        *slot = Some(fresh);
-        Ok(value)
+        match result {
+            Ok(fresh) => {
+                let value = Arc::clone(&fresh.value);
+                slot.cached = Some(fresh);
+                slot.not_before = None;
+                Ok(value)
+            }
+            Err(error) => {
+                if let ApiError::RateLimited { wait } = &error {
+                    slot.not_before = Some(Instant::now() + wait.unwrap_or(Duration::from_secs(1)));
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Drops `token` if it is still the cached one (a 401 proved it dead).
     pub(crate) async fn invalidate(&self, token: &str) {
         let mut slot = self.token.lock().await;
-        if slot.as_ref().is_some_and(|t| &*t.value == token) {
-            *slot = None;
+        if slot.cached.as_ref().is_some_and(|t| &*t.value == token) {
+            slot.cached = None;
         }
     }
 
@@ -220,7 +253,14 @@ impl Api {
             .get("x-cs-region")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = check(resp, &[StatusCode::CREATED, StatusCode::OK]).await?;
+        let body = match check(resp, &[StatusCode::CREATED, StatusCode::OK]).await {
+            Ok(body) => body,
+            Err(ApiError::Unauthorized) => return Err(ApiError::CredentialsRefused(401)),
+            Err(ApiError::Status { status: 403, .. }) => {
+                return Err(ApiError::CredentialsRefused(403));
+            }
+            Err(e) => return Err(e),
+        };
         let parsed: TokenBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::Malformed(format!("token response ({status}): {e}")))?;
         if parsed.access_token.is_empty() {

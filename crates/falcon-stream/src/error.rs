@@ -49,6 +49,10 @@ pub(crate) enum ApiError {
     RateLimited { wait: Option<Duration> },
     #[error("unauthorized (401)")]
     Unauthorized,
+    #[error(
+        "client credentials refused ({0}): check client_id, client_secret, member_cid and the API client's IP allow-list"
+    )]
+    CredentialsRefused(u16),
     #[error("not found (404)")]
     NotFound,
     #[error("unexpected status {status}: {body}")]

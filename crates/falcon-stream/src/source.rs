@@ -110,7 +110,12 @@ impl<S: EventSink> FalconSource<S> {
                 Ok(r) => r,
                 Err(error) => {
                     let wait = error.retry_after().unwrap_or_else(|| backoff.next());
-                    tracing::warn!(%error, wait_ms = wait.as_millis() as u64, "discover failed; retrying");
+                    if matches!(error, ApiError::CredentialsRefused(_)) {
+                        // An operator must act; keep retrying in case it is a server-side glitch.
+                        tracing::error!(%error, wait_ms = wait.as_millis() as u64, "falcon authentication failed; retrying");
+                    } else {
+                        tracing::warn!(%error, wait_ms = wait.as_millis() as u64, "discover failed; retrying");
+                    }
                     if !sleep_or_cancel(wait, &cancel).await {
                         break;
                     }
@@ -141,36 +146,7 @@ impl<S: EventSink> FalconSource<S> {
                 continue;
             }
 
-            let group = cancel.child_token();
-            let mut tasks = JoinSet::new();
-            for resource in selected {
-                tasks.spawn(session(
-                    Arc::clone(inner),
-                    resource,
-                    cancel.clone(),
-                    group.clone(),
-                ));
-            }
-            let mut healthy = false;
-            let mut first = true;
-            while let Some(joined) = tasks.join_next().await {
-                group.cancel();
-                match joined {
-                    Ok(end) => {
-                        healthy |= end.healthy;
-                        if let Some(cause) = end.cause {
-                            inner.stats.partition(end.partition).reconnect(cause);
-                            if first {
-                                log_end(&end, cause);
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "partition task failed; restarting the session group");
-                    }
-                }
-                first = false;
-            }
+            let healthy = run_group(inner, selected, &cancel).await;
             if cancel.is_cancelled() {
                 break;
             }
@@ -184,6 +160,46 @@ impl<S: EventSink> FalconSource<S> {
         tracing::info!(app_id = %inner.app_id, "falcon source stopped");
         Ok(())
     }
+}
+
+/// Runs one session group (one discover's streams) until any partition ends, then closes
+/// the others and waits for all of them. Returns whether any feed was healthy.
+async fn run_group<S: EventSink>(
+    inner: &Arc<Inner<S>>,
+    selected: Vec<StreamResource>,
+    cancel: &CancellationToken,
+) -> bool {
+    let group = cancel.child_token();
+    let mut tasks = JoinSet::new();
+    for resource in selected {
+        tasks.spawn(session(
+            Arc::clone(inner),
+            resource,
+            cancel.clone(),
+            group.clone(),
+        ));
+    }
+    let mut healthy = false;
+    let mut first = true;
+    while let Some(joined) = tasks.join_next().await {
+        group.cancel();
+        match joined {
+            Ok(end) => {
+                healthy |= end.healthy;
+                if let Some(cause) = end.cause {
+                    inner.stats.partition(end.partition).reconnect(cause);
+                    if first {
+                        log_end(&end, cause);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "partition task failed; restarting the session group");
+            }
+        }
+        first = false;
+    }
+    healthy
 }
 
 fn log_end(end: &SessionEnd, cause: ReconnectCause) {
@@ -588,5 +604,160 @@ impl<S: EventSink> Reader<S> {
             }
             Err(e) => Err((Some(ReconnectCause::SinkError), e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::SinkError;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct VecSink {
+        written: Mutex<Vec<(u32, Vec<u64>)>>,
+    }
+
+    impl EventSink for VecSink {
+        async fn durable_offset(&self, _partition: u32) -> Result<Option<u64>, SinkError> {
+            Ok(None)
+        }
+        async fn write(&self, partition: u32, events: Vec<FalconEvent>) -> Result<(), SinkError> {
+            let offsets = events.iter().map(|e| e.offset).collect();
+            self.written.lock().unwrap().push((partition, offsets));
+            Ok(())
+        }
+        async fn dead_letter(&self, _letter: SourceDeadLetter) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn line(offset: u64) -> String {
+        format!(
+            "{{\"metadata\":{{\"offset\":{offset},\"eventType\":\"T\",\"customerIDString\":\"c\"}},\"event\":{{}}}}\n"
+        )
+    }
+
+    async fn read(
+        body: String,
+        durable: Option<u64>,
+        max_batch: usize,
+    ) -> (
+        Vec<(u32, Vec<u64>)>,
+        crate::PartitionSnapshot,
+        Option<ReconnectCause>,
+    ) {
+        let sink = Arc::new(VecSink::default());
+        let mut config = SourceConfig::new(
+            url::Url::parse("https://127.0.0.1:1/").unwrap(),
+            "id",
+            "secret",
+            "app",
+        );
+        config.max_batch_events = max_batch;
+        let app_id = config.validate().unwrap();
+        let stats = Arc::new(SourceStats::default());
+        let api = Api::new(
+            reqwest::Client::new(),
+            &config,
+            app_id.clone(),
+            Arc::clone(&stats),
+        );
+        let inner = Arc::new(Inner {
+            api,
+            sink: Arc::clone(&sink),
+            config,
+            app_id,
+            stats: Arc::clone(&stats),
+        });
+        let pstats = stats.partition(4);
+        let mut reader = Reader {
+            framer: LineFramer::new(1 << 20, 1024),
+            frames: Vec::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            last_seen: durable,
+            keepalives_reported: 0,
+            partition: 4,
+            pstats: Arc::clone(&pstats),
+            inner,
+            cancel: CancellationToken::new(),
+        };
+        let resp = reqwest::Response::from(http::Response::new(reqwest::Body::from(body)));
+        let never = CancellationToken::new();
+        let (cause, healthy, _) = reader.run(resp, &never, &never).await;
+        assert!(healthy);
+        let written = sink.written.lock().unwrap().clone();
+        (written, pstats.snapshot(), cause)
+    }
+
+    #[tokio::test]
+    async fn replays_are_dropped_and_offsets_never_move_backwards() {
+        let body: String = [1, 2, 3, 2, 3, 4, 1, 5].iter().map(|o| line(*o)).collect();
+        let (written, stats, cause) = read(body, None, 100).await;
+        assert_eq!(cause, Some(ReconnectCause::Eof));
+        let offsets: Vec<u64> = written.iter().flat_map(|(_, o)| o.clone()).collect();
+        assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
+        assert!(written.iter().all(|(p, _)| *p == 4));
+        assert_eq!(stats.replays_dropped, 3);
+        assert_eq!(stats.latest_offset_seen, Some(5));
+        assert_eq!(stats.latest_durable_offset, Some(5));
+    }
+
+    #[tokio::test]
+    async fn the_durable_offset_is_the_replay_baseline_and_batches_are_bounded() {
+        let body: String = (1..=10).map(line).collect::<String>() + "\n{\"metadata\":{\"off";
+        let (written, stats, _) = read(body, Some(3), 3).await;
+        let sizes: Vec<usize> = written.iter().map(|(_, o)| o.len()).collect();
+        assert!(sizes.iter().all(|n| *n <= 3), "{sizes:?}");
+        let offsets: Vec<u64> = written.into_iter().flat_map(|(_, o)| o).collect();
+        assert_eq!(offsets, (4..=10).collect::<Vec<_>>());
+        assert_eq!(stats.replays_dropped, 3);
+        assert_eq!(
+            stats.truncated_lines, 1,
+            "the cut last line is not an event"
+        );
+        assert_eq!(stats.keepalives, 1);
+    }
+
+    #[test]
+    fn feed_url_resume_and_start_positions() {
+        let mut config = SourceConfig::new(
+            url::Url::parse("https://127.0.0.1:1/").unwrap(),
+            "id",
+            "secret",
+            "app",
+        );
+        let resource = StreamResource {
+            partition: 0,
+            feed_url: url::Url::parse("https://h/sensors/entities/datafeed/v1/0?appId=app")
+                .unwrap(),
+            token: crate::api::SessionToken::for_tests("t"),
+            refresh_url: url::Url::parse("https://h/r").unwrap(),
+            refresh_interval: Duration::from_mins(30),
+        };
+        assert_eq!(
+            feed_url(&config, &resource, Some(41)).query(),
+            Some("appId=app&offset=42")
+        );
+        assert_eq!(
+            feed_url(&config, &resource, None).query(),
+            Some("appId=app")
+        );
+        config.start = StartPosition::Latest;
+        config.event_types = vec!["A".into(), "B".into()];
+        assert_eq!(
+            feed_url(&config, &resource, None).query(),
+            Some("appId=app&whence=2&eventType=A%2CB")
+        );
+        config.start = StartPosition::Offset(7);
+        assert_eq!(
+            feed_url(&config, &resource, None).query(),
+            Some("appId=app&offset=7&eventType=A%2CB")
+        );
+        assert_eq!(
+            feed_url(&config, &resource, Some(9)).query(),
+            Some("appId=app&offset=10&eventType=A%2CB")
+        );
     }
 }

@@ -397,7 +397,10 @@ impl IngestClient {
     /// Delivers every record of `records` to `stream`, splitting to the API's limits,
     /// retrying transient failures forever, isolating what Azure refuses. Resolves once each
     /// record is delivered or dead-lettered, or with [`DeliverError::Cancelled`].
-    #[allow(clippy::too_many_lines, reason = "one state machine: queue, in-flight set, outcomes")]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one state machine: queue, in-flight set, outcomes"
+    )]
     pub async fn deliver(
         &self,
         stream: &str,
@@ -414,8 +417,14 @@ impl IngestClient {
         let Ok(batcher) = Batcher::new(self.config.batch_limit, self.config.gzip_level) else {
             unreachable!("batch settings validated in IngestClient::new")
         };
-        let learnt = self.ratio_estimate.load(std::sync::atomic::Ordering::Relaxed);
-        let mut batcher = if learnt == 0 { batcher } else { batcher.with_ratio_estimate(f64::from_bits(learnt)) };
+        let learnt = self
+            .ratio_estimate
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut batcher = if learnt == 0 {
+            batcher
+        } else {
+            batcher.with_ratio_estimate(f64::from_bits(learnt))
+        };
         let plan = batcher.plan(json.iter().map(Bytes::len));
         for index in plan.too_large {
             self.dead_letter(
@@ -490,7 +499,13 @@ impl IngestClient {
                     } else {
                         RejectReason::Rejected
                     };
-                    self.dead_letter(&mut report, stream, &records[job.range.start], reason, Some(refusal));
+                    self.dead_letter(
+                        &mut report,
+                        stream,
+                        &records[job.range.start],
+                        reason,
+                        Some(refusal),
+                    );
                 }
                 Settled::Split(_) | Settled::Reject(_) => {
                     if matches!(settled, Settled::Split(_)) {
@@ -507,7 +522,10 @@ impl IngestClient {
             }
         }
         report.requests = requests.load(std::sync::atomic::Ordering::Relaxed);
-        self.ratio_estimate.store(batcher.ratio_estimate().to_bits(), std::sync::atomic::Ordering::Relaxed);
+        self.ratio_estimate.store(
+            batcher.ratio_estimate().to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(report)
     }
 
@@ -520,7 +538,12 @@ impl IngestClient {
         refusal: Option<Refusal>,
     ) {
         let (status, error_code, message, request_id) = match refusal {
-            Some(r) => (Some(r.status), r.code, r.message, Some(r.request_id.to_string())),
+            Some(r) => (
+                Some(r.status),
+                r.code,
+                r.message,
+                Some(r.request_id.to_string()),
+            ),
             None => (None, None, None, None),
         };
         tracing::error!(
@@ -548,7 +571,11 @@ impl IngestClient {
 
     /// Sends one body until Azure gives a terminal answer (204, 413, 400). Every other outcome
     /// waits and retries with the same body and request id.
-    #[allow(clippy::too_many_arguments, clippy::too_many_lines, reason = "one retry loop; each arm is one policy row")]
+    #[allow(
+        clippy::too_many_arguments,
+        clippy::too_many_lines,
+        reason = "one retry loop; each arm is one policy row"
+    )]
     async fn send_until_settled(
         &self,
         url: &Url,
@@ -622,7 +649,12 @@ impl IngestClient {
                         .record(stream, Some(status), Some(describe()), Some(false));
                     tracing::warn!(stream, client_request_id = %request_id, records, status, error_code = code.as_deref(),
                         message = message.as_deref(), "batch refused; splitting to isolate");
-                    let refusal = Refusal { status, code, message, request_id };
+                    let refusal = Refusal {
+                        status,
+                        code,
+                        message,
+                        request_id,
+                    };
                     return Ok(if action == Action::Split {
                         Settled::Split(refusal)
                     } else {
@@ -688,7 +720,7 @@ impl IngestClient {
     /// configuration problem like 403: keep retrying, but say so and fail readiness.
     fn note_auth_failures(&self, stream: &str, in_a_row: u32, error: &str) {
         if in_a_row >= AUTH_FAILURES_UNHEALTHY {
-            self.health.record(stream, None, None, Some(true));
+            self.health.mark_misconfigured(stream);
         }
         if in_a_row == AUTH_FAILURES_UNHEALTHY {
             tracing::error!(stream, dcr = %self.config.dcr_immutable_id, %error,

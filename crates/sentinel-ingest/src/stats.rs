@@ -142,7 +142,8 @@ pub struct StatsSnapshot {
 /// Readiness view of the client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
-    /// False while any stream's latest outcome is a 403/404 (a configuration/RBAC problem).
+    /// False while any stream is misconfigured: its latest answer was 403/404, or its
+    /// current body failed to authenticate (401 / token errors) 3 times in a row.
     pub healthy: bool,
     /// Latest outcome per stream.
     pub streams: BTreeMap<String, StreamHealth>,
@@ -159,7 +160,7 @@ pub struct StreamHealth {
     pub last_attempt: SystemTime,
     /// When the stream last got a 204.
     pub last_success: Option<SystemTime>,
-    /// Whether the latest answer was 403/404 (cleared by the next 204).
+    /// Whether the latest answer was 403/404 or authentication keeps failing (cleared by a 204).
     pub misconfigured: bool,
     /// Latest error message for this stream.
     pub last_error: Option<String>,
@@ -211,6 +212,16 @@ impl HealthState {
         }
         if error.is_some() {
             health.last_error = error;
+        }
+    }
+
+    pub(crate) fn mark_misconfigured(&self, stream: &str) {
+        let mut health = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = health.streams.get_mut(stream) {
+            entry.misconfigured = true;
         }
     }
 

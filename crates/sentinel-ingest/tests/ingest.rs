@@ -364,6 +364,17 @@ async fn poison_record_is_isolated_among_10000() {
         dead.message.as_deref().unwrap_or("").contains(&poison),
         "{dead:?}"
     );
+    let refused_id = dead
+        .client_request_id
+        .as_deref()
+        .expect("request id of the refused request");
+    assert!(
+        tb.ingestion()
+            .ledger()
+            .client_request_ids
+            .iter()
+            .any(|id| id == refused_id)
+    );
     let ledger = tb.ingestion().ledger();
     assert_eq!(ledger.distinct_event_ids(), 9_999);
     assert!(!ledger.event_ids.contains_key(&poison));
@@ -554,4 +565,67 @@ fn deliver_future_is_send() {
     let cancel = CancellationToken::new();
     let fut = client.deliver(STREAM, Vec::new(), &cancel);
     assert_send(&fut);
+}
+
+#[tokio::test]
+async fn bad_client_secret_is_unhealthy_and_retried_not_dropped() {
+    let tb = start(TestbenchConfig::default()).await;
+    let spec = CredentialSpec::ClientSecret {
+        tenant_id: tb.entra().tenant_id().to_owned(),
+        client_id: config::DEFAULT_AZURE_CLIENT_ID.to_owned(),
+        secret: "wrong-secret".to_owned(),
+    };
+    let client = Arc::new(IngestClient::new(ingest_config(&tb), spec).unwrap());
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let client = client.clone();
+        let cancel = cancel.clone();
+        async move { client.deliver(STREAM, records(1, 10, 500), &cancel).await }
+    });
+    eventually(Duration::from_secs(10), || !client.health().healthy).await;
+    assert!(
+        client
+            .stats()
+            .retries
+            .get(&RetryReason::Credential)
+            .copied()
+            .unwrap_or(0)
+            >= 3
+    );
+    assert!(tb.entra().token_requests() >= 3);
+    cancel.cancel();
+    assert_eq!(
+        within(Duration::from_secs(5), run).await.unwrap(),
+        Err(DeliverError::Cancelled)
+    );
+    assert_eq!(client.stats().records_dead_lettered, 0);
+    assert_eq!(tb.ingestion().ledger().records, 0);
+}
+
+#[tokio::test]
+async fn transient_403_marks_unhealthy_then_recovers_without_loss() {
+    let tb = start(TestbenchConfig::default()).await;
+    let mut cfg = ingest_config(&tb);
+    cfg.max_in_flight = 1;
+    let client = Arc::new(IngestClient::new(cfg, secret_credential(&tb)).unwrap());
+    // RBAC propagation: the first two requests are refused, then the role assignment lands.
+    tb.faults().inject(Fault::Status {
+        target: Target::Ingestion,
+        status: 403,
+        retry_after_secs: None,
+        count: Some(2),
+        duration_secs: None,
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let client = client.clone();
+        let cancel = cancel.clone();
+        async move { client.deliver(STREAM, records(1, 500, 500), &cancel).await }
+    });
+    eventually(Duration::from_secs(10), || !client.health().healthy).await;
+    let report = within(Duration::from_secs(10), run).await.unwrap().unwrap();
+    assert_eq!(report.delivered, 500);
+    assert!(client.health().healthy);
+    assert_eq!(tb.ingestion().ledger().statuses.get(&403), Some(&2));
+    assert_eq!(tb.ingestion().ledger().distinct_event_ids(), 500);
 }

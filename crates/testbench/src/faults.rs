@@ -291,3 +291,95 @@ impl Faults {
             .map(str::to_owned)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_faults_are_consumed_per_matching_request_only() {
+        let faults = Faults::default();
+        faults.inject(Fault::Status {
+            target: Target::Ingestion,
+            status: 503,
+            retry_after_secs: None,
+            count: Some(2),
+            duration_secs: None,
+        });
+        faults.inject(Fault::Latency {
+            target: Target::Ingestion,
+            millis: 10,
+            count: Some(1),
+            duration_secs: None,
+        });
+        assert_eq!(faults.take(Target::Entra), (Duration::ZERO, None));
+        let status = Some(Action::Status {
+            status: 503,
+            retry_after_secs: None,
+        });
+        assert_eq!(
+            faults.take(Target::Ingestion),
+            (Duration::from_millis(10), status.clone())
+        );
+        assert_eq!(faults.take(Target::Ingestion), (Duration::ZERO, status));
+        assert_eq!(faults.take(Target::Ingestion), (Duration::ZERO, None));
+    }
+
+    #[test]
+    fn first_terminal_fault_wins_and_later_ones_wait_their_turn() {
+        let faults = Faults::default();
+        faults.inject(Fault::Reset {
+            target: Target::FalconFeed,
+            count: Some(1),
+        });
+        faults.inject(Fault::Status {
+            target: Target::FalconFeed,
+            status: 500,
+            retry_after_secs: None,
+            count: Some(1),
+            duration_secs: None,
+        });
+        assert_eq!(faults.take(Target::FalconFeed).1, Some(Action::Reset));
+        assert_eq!(
+            faults.take(Target::FalconFeed).1,
+            Some(Action::Status {
+                status: 500,
+                retry_after_secs: None
+            })
+        );
+        assert_eq!(faults.take(Target::FalconFeed).1, None);
+    }
+
+    #[test]
+    fn clear_removes_everything() {
+        let faults = Faults::default();
+        faults.inject(Fault::Reset {
+            target: Target::Entra,
+            count: None,
+        });
+        faults.inject(Fault::CutFeed {
+            every_events: 0,
+            mid_line: false,
+        });
+        faults.inject(Fault::Malformed {
+            partition: 0,
+            offset: 1,
+            kind: MalformedKind::InvalidJson,
+        });
+        faults.inject(Fault::RejectEventIds {
+            event_ids: vec!["a".into()],
+        });
+        assert_eq!(
+            faults.cut_feed(),
+            Some((1, false)),
+            "every_events is at least 1"
+        );
+        assert_eq!(faults.rejected(["b", "a"]), Some("a".to_owned()));
+        faults.clear();
+        assert_eq!(faults.take(Target::Entra).1, None);
+        assert_eq!(faults.cut_feed(), None);
+        assert_eq!(faults.malformed(0, 1), None);
+        assert_eq!(faults.rejected(["a"]), None);
+        assert_eq!(faults.injected(), 4);
+    }
+}
