@@ -48,9 +48,12 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one benchmark, read top to bottom
 async fn main() {
     let total = events_env();
-    let tb = Testbench::start(testbench_config(2)).await.expect("start testbench");
+    let tb = Testbench::start(testbench_config(2))
+        .await
+        .expect("start testbench");
     tb.faults().inject(Fault::Status {
         target: Target::Ingestion,
         status: 503,
@@ -127,17 +130,32 @@ async fn main() {
     let duplicates = tb.ingestion().ledger().duplicates;
     println!("\nfalcon-sentinel-bridge end-to-end benchmark ({total} events, ~{bytes} B each)");
     println!("{:<46}{:>16}", "measure", "value");
-    println!("{:<46}{:>16.0}", "source: Falcon → disk buffer, events/s", total as f64 / source_secs);
+    println!(
+        "{:<46}{:>16.0}",
+        "source: Falcon → disk buffer, events/s",
+        total as f64 / source_secs
+    );
     println!("{:<46}{:>16.1}", "source: MiB/s", mib(total, source_secs));
     println!("{:<46}{:>16.1}", "drain: backlog drained, s", drain_secs);
-    println!("{:<46}{:>16.0}", "drain: events/s", total as f64 / drain_secs);
-    println!("{:<46}{:>16.1}", "drain: MiB/s of events", mib(total, drain_secs));
+    println!(
+        "{:<46}{:>16.0}",
+        "drain: events/s",
+        total as f64 / drain_secs
+    );
+    println!(
+        "{:<46}{:>16.1}",
+        "drain: MiB/s of events",
+        mib(total, drain_secs)
+    );
     println!(
         "{:<46}{:>16}",
         "bridge peak RSS (source + drain), MiB",
         rss.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"))
     );
-    println!("{:<46}{:>16.2}", "restart: SIGKILL → first delivery, s", restart_secs);
+    println!(
+        "{:<46}{:>16.2}",
+        "restart: SIGKILL → first delivery, s", restart_secs
+    );
     println!("{:<46}{:>16}", "duplicates (after the SIGKILL)", duplicates);
     tb.shutdown().await;
 }

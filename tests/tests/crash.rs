@@ -71,10 +71,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let final_run = usize::try_from(kills).unwrap();
     let recovery_started = Instant::now();
     let mut bridge = spawn_bridge(&config, dir.path(), final_run);
-    let all_there = eventually(Duration::from_mins(4), || {
-        missing_event_ids(&tb).is_empty()
-    })
-    .await;
+    let all_there = eventually(Duration::from_mins(4), || missing_event_ids(&tb).is_empty()).await;
     let recovery = recovery_started.elapsed();
     let missing = missing_event_ids(&tb);
     assert!(
@@ -87,8 +84,8 @@ async fn sigkill_at_random_moments_loses_nothing() {
     assert!(terminate(&mut bridge, Duration::from_secs(20)).success());
 
     let ledger = tb.ingestion().ledger();
-    let dead_lettered = std::fs::read_dir(dir.path().join("dead-letter"))
-        .map_or(0, Iterator::count);
+    let dead_lettered =
+        std::fs::read_dir(dir.path().join("dead-letter")).map_or(0, Iterator::count);
     println!(
         "scenario\tevents\tkills\tlost\tduplicates\tdead-letter files\trecovery\n\
          sigkill-disk\t{events}\t{kills}\t0\t{}\t{dead_lettered}\t{:.1}s",

@@ -74,10 +74,7 @@ async fn delivers_every_event_and_restarts_cleanly_after_sigterm() {
     tb.falcon().append_events(0, 500);
     tb.falcon().append_events(1, 500);
     let mut bridge = spawn_bridge(&config, dir.path(), 1);
-    let all_there = eventually(Duration::from_mins(1), || {
-        missing_event_ids(&tb).is_empty()
-    })
-    .await;
+    let all_there = eventually(Duration::from_mins(1), || missing_event_ids(&tb).is_empty()).await;
     assert!(
         all_there,
         "events missing after restart; log:\n{}",
@@ -125,6 +122,67 @@ async fn azure_outage_fills_the_buffer_then_drains_with_nothing_lost() {
         ledger.statuses
     );
     assert_eq!(ledger.oversize_rejections, 0);
+    assert!(terminate(&mut bridge, Duration::from_secs(20)).success());
+    tb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_red_while_the_dcr_refuses_us_and_nothing_is_lost() {
+    let tb = testbench(1).await;
+    // RBAC not propagated yet: 403 for a while, then accepted.
+    tb.faults().inject(Fault::Status {
+        target: Target::Ingestion,
+        status: 403,
+        retry_after_secs: None,
+        count: None,
+        duration_secs: Some(6),
+    });
+    tb.falcon().append_events(0, 3_000);
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(
+        &tb,
+        dir.path(),
+        &BridgeOptions {
+            admin_port,
+            ..BridgeOptions::default()
+        },
+    );
+    let mut bridge = spawn_bridge(&config, dir.path(), 0);
+    let client = reqwest::Client::new();
+    let ready_url = format!("http://127.0.0.1:{admin_port}/ready");
+    let mut saw_red = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while saw_red.is_none() && std::time::Instant::now() < deadline {
+        if let Ok(response) = client.get(&ready_url).send().await {
+            if response.status() == 503 {
+                let body = response.text().await.unwrap_or_default();
+                if body.contains("refuses stream") {
+                    saw_red = Some(body);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = saw_red.unwrap_or_else(|| {
+        panic!(
+            "/ready never reported the 403; log:\n{}",
+            log_tail(dir.path(), 0)
+        )
+    });
+    assert!(body.contains("Custom-Falcon"), "{body}");
+
+    let all_there = eventually(Duration::from_secs(60), || {
+        missing_event_ids(&tb).is_empty()
+    })
+    .await;
+    assert!(
+        all_there,
+        "events missing; log:\n{}",
+        log_tail(dir.path(), 0)
+    );
+    let ready = client.get(&ready_url).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{:?}", ready.text().await);
     assert!(terminate(&mut bridge, Duration::from_secs(20)).success());
     tb.shutdown().await;
 }
@@ -189,5 +247,51 @@ async fn bad_lines_and_refused_records_are_dead_lettered_while_the_rest_flows() 
     assert_eq!(refused.len(), 1, "{letters}");
     assert_eq!(refused[0]["offset"], 300);
     assert_eq!(refused[0]["status"], 400);
+
+    // The operator fixes the cause (here: the emulator stops refusing it), lists, redrives.
+    let list = run_cli(&["dead-letter", "list"], &config);
+    assert!(list.status.success(), "{list:?}");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.contains("3 dead letters"), "{listed}");
+    assert!(listed.contains("azure_rejected"), "{listed}");
+
+    tb.faults().clear();
+    let redrive = run_cli(&["dead-letter", "redrive"], &config);
+    let said = String::from_utf8_lossy(&redrive.stdout);
+    assert!(
+        redrive.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&redrive.stderr)
+    );
+    assert!(said.contains("1 delivered"), "{said}");
+    assert!(
+        tb.ingestion().ledger().event_ids.contains_key(&poison),
+        "the redriven record arrived"
+    );
+    // The two source letters (never events) are kept; the original file moved aside.
+    let list = run_cli(&["dead-letter", "list"], &config);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.contains("2 dead letters"), "{listed}");
+    assert!(!listed.contains("azure_rejected"), "{listed}");
+    assert!(
+        dir.path()
+            .join("dead-letter/redriven")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
     tb.shutdown().await;
+}
+
+fn run_cli(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(e2e::bridge_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .env("FALCON_CLIENT_SECRET", "testbench-falcon-secret")
+        .env("AZURE_CLIENT_SECRET", "testbench-azure-secret")
+        .output()
+        .expect("run falcon-sentinel-bridge")
 }

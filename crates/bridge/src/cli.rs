@@ -94,7 +94,8 @@ fn validate(args: &ValidateArgs) -> ExitCode {
     let loaded = if args.check_files {
         load(&args.config)
     } else {
-        config::load(&args.config.config, &ProcessEnv).map_err(|errors| report(&args.config, &errors))
+        config::load(&args.config.config, &ProcessEnv)
+            .map_err(|errors| report(&args.config, &errors))
     };
     match loaded {
         Ok(cfg) => {

@@ -157,10 +157,19 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Summary> {
 
     let url = tb.url();
     let env = MapEnv(HashMap::from([
-        ("DEMO_URL".to_owned(), url.as_str().trim_end_matches('/').to_owned()),
+        (
+            "DEMO_URL".to_owned(),
+            url.as_str().trim_end_matches('/').to_owned(),
+        ),
         ("DEMO_DIR".to_owned(), data_dir.display().to_string()),
-        ("DEMO_FALCON_CLIENT_SECRET".to_owned(), "testbench-falcon-secret".to_owned()),
-        ("DEMO_AZURE_CLIENT_SECRET".to_owned(), "testbench-azure-secret".to_owned()),
+        (
+            "DEMO_FALCON_CLIENT_SECRET".to_owned(),
+            "testbench-falcon-secret".to_owned(),
+        ),
+        (
+            "DEMO_AZURE_CLIENT_SECRET".to_owned(),
+            "testbench-azure-secret".to_owned(),
+        ),
     ]));
     let cfg = config::load_str(DEMO_CONFIG, "config/examples/demo.yaml", &env)
         .map_err(|errors| anyhow::anyhow!("demo config is invalid (a bug):\n{errors}"))?;

@@ -64,10 +64,12 @@ pub fn ingest_config(cfg: &Config, extra_ca_pems: &[Vec<u8>]) -> IngestConfig {
         },
     };
     ingest.gzip_level = sentinel.gzip_level;
+    let defaults = RetryConfig::default();
     ingest.retry = RetryConfig {
         initial: sentinel.retry_initial,
         max: sentinel.retry_max,
-        ..RetryConfig::default()
+        // "Slowly" for a 403/404 means at the backoff cap, at most the library's 30 s.
+        forbidden_retry_interval: defaults.forbidden_retry_interval.min(sentinel.retry_max),
     };
     ingest.max_in_flight = sentinel.max_concurrency;
     ingest

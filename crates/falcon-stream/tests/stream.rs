@@ -20,14 +20,14 @@ use tokio::time::Instant;
 
 /// An in-memory sink: events per partition, dead letters, and an optional gate that holds
 /// every `write` (backpressure).
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct MemSink {
     state: Mutex<MemState>,
     blocked: AtomicBool,
     unblock: tokio::sync::Notify,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct MemState {
     events: BTreeMap<u32, Vec<FalconEvent>>,
     dead: Vec<SourceDeadLetter>,
@@ -673,6 +673,33 @@ async fn partition_list_follows_only_the_listed_partitions() {
         .map(|(p, _)| *p)
         .collect();
     assert!(!opened.contains(&1), "{opened:?}");
+    tb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_keep_retrying_and_the_secret_never_shows() {
+    let tb = bench(falcon(1, 5)).await;
+    let sink = Arc::new(MemSink::default());
+    let mut c = config(&tb);
+    c.client_secret = "wrong-secret-value".into();
+    let source = FalconSource::new(c, Arc::clone(&sink)).unwrap();
+    assert!(!format!("{source:?}").contains("wrong-secret-value"));
+    let stats = source.stats();
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let handle = tokio::spawn(async move { source.run(c2).await });
+    wait_until("several refused attempts", T, || {
+        stats.snapshot().token_failures >= 3
+    })
+    .await;
+    assert!(
+        !handle.is_finished(),
+        "a refused credential is retried, not fatal"
+    );
+    assert_eq!(stats.snapshot().discovers, 0);
+    assert_eq!(sink.count(0), 0);
+    cancel.cancel();
+    handle.await.unwrap().unwrap();
     tb.shutdown().await;
 }
 

@@ -127,9 +127,10 @@ pub fn load_str(source: &str, origin: &str, env: &dyn Env) -> Result<Config, Con
     let unknown = unknown_keys(&index, &columns, origin);
     let text_lines: Vec<&str> = text.split('\n').collect();
     let block_style = unknown.iter().all(|e| {
-        text_lines
-            .get(e.line.wrapping_sub(1))
-            .is_some_and(|l| l.trim_start().starts_with(e.path.rsplit('.').next().unwrap_or("")))
+        text_lines.get(e.line.wrapping_sub(1)).is_some_and(|l| {
+            l.trim_start()
+                .starts_with(e.path.rsplit('.').next().unwrap_or(""))
+        })
     });
     if !unknown.is_empty() && !block_style {
         return Err(ConfigErrors(unknown));
