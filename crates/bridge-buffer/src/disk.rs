@@ -79,9 +79,9 @@ pub const FILE_NAME: &str = "buffer.redb";
 pub const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Pending append requests the writer queue holds; memory is bounded by `max_bytes` anyway.
 const QUEUE_DEPTH: usize = 1024;
-/// redb page cache. Its 1 GiB default is too much for a forwarder; reads are mostly of recent
-/// pages.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb page cache. Its 1 GiB default is too much for a forwarder (peak RSS goal 128 MiB);
+/// reads are sequential and mostly of recent pages, so a small cache costs little.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Target size of one stored chunk. Bigger chunks cost the reader more re-reading when it takes
 /// fewer records than a chunk holds; smaller ones cost redb more entries.
 pub const CHUNK_MAX_BYTES: usize = 256 * 1024;
