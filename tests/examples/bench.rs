@@ -8,6 +8,9 @@
 //! 2. **Drain**: Azure recovers; time until the whole backlog is in the ingestion ledger,
 //!    events/s and MiB/s, and the bridge process's peak RSS (VmHWM) over both phases.
 //! 3. **Restart**: SIGKILL with a fresh backlog, restart, time to the first delivered event.
+//! 4. **Latency**: a steady 1,000 events/s (100 every 100 ms) for 20 s; each burst's latency
+//!    is the time from its append at the emulated Falcon until the ledger holds as many
+//!    distinct events as had been appended by then (polled every 5 ms), p50 and p99.
 //!
 //! Figures, not assertions: a benchmark measures; the tests assert behaviour.
 #![allow(clippy::print_stdout, clippy::missing_panics_doc)]
@@ -77,6 +80,8 @@ async fn main() {
         &BridgeOptions {
             admin_port: port,
             buffer_max_bytes: 8 << 30,
+            // The shipped default (config/reference.yaml), so the latency figure is honest.
+            batch_linger_ms: 1_000,
             ..BridgeOptions::default()
         },
     );
@@ -124,6 +129,12 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let restart_secs = restart_started.elapsed().as_secs_f64();
+    while tb.ingestion().distinct_event_ids() < tb.falcon().expected_event_ids().len() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 4. Steady 1,000 events/s.
+    let latencies = steady_latencies(&tb).await;
     terminate(&mut bridge, Duration::from_secs(30));
 
     let mib = |n: u64, secs: f64| n as f64 * bytes as f64 / secs / 1_048_576.0;
@@ -157,5 +168,60 @@ async fn main() {
         "restart: SIGKILL → first delivery, s", restart_secs
     );
     println!("{:<46}{:>16}", "duplicates (after the SIGKILL)", duplicates);
+    println!(
+        "{:<46}{:>16.0}",
+        "latency at 1,000 events/s, p50 ms",
+        percentile(&latencies, 0.50)
+    );
+    println!(
+        "{:<46}{:>16.0}",
+        "latency at 1,000 events/s, p99 ms",
+        percentile(&latencies, 0.99)
+    );
     tb.shutdown().await;
+}
+
+/// Appends 100 events every 100 ms for 20 s and returns each burst's latency in ms.
+async fn steady_latencies(tb: &Testbench) -> Vec<f64> {
+    let base = tb.ingestion().distinct_event_ids();
+    let mut appended_at: Vec<(usize, Instant)> = Vec::new();
+    let mut latencies = Vec::new();
+    let mut next_burst = Instant::now();
+    let mut appended = 0_usize;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end || !appended_at.is_empty() {
+        let now = Instant::now();
+        if now >= next_burst && now < end {
+            tb.falcon()
+                .append_events(u32::from(appended % 200 == 100), 100);
+            appended += 100;
+            appended_at.push((appended, now));
+            next_burst += Duration::from_millis(100);
+        }
+        let arrived = tb.ingestion().distinct_event_ids() - base;
+        appended_at.retain(|(count, at)| {
+            if arrived >= *count {
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                false
+            } else {
+                true
+            }
+        });
+        if Instant::now() > end + Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    latencies
+}
+
+#[allow(clippy::cast_sign_loss)] // q in 0..=1: the index is never negative
+fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
 }
