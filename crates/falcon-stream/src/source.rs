@@ -9,7 +9,15 @@
 //! feed ends the whole group is closed and re-discovered together. Falcon holds an appId
 //! while any of its feeds is open (a second discover answers `resources: []`), so a single
 //! partition re-discovering on its own could starve behind its healthy siblings.
+//!
+//! Writes are pipelined: while one batch is being made durable, the reader goes on reading
+//! into the next (at most one write in flight and one batch filling per partition, so memory
+//! stays bounded). The batch that fills during an fsync is the next group commit. A write in
+//! flight is always settled before a connection ends, so the next connection's
+//! `durable_offset` cannot be overtaken by a commit still landing.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +32,8 @@ use crate::api::{Api, StreamResource, build_client};
 use crate::config::{AppId, PartitionSelection, SourceConfig, StartPosition};
 use crate::error::{ApiError, SourceError};
 use crate::event::{
-    DEAD_LETTER_RAW_CAP, DeadLetterReason, EventSink, FalconEvent, SourceDeadLetter, parse_line,
+    DEAD_LETTER_RAW_CAP, DeadLetterReason, EventSink, FalconEvent, SinkError, SourceDeadLetter,
+    parse_line,
 };
 use crate::framing::{Frame, LineFramer};
 use crate::stats::{PartitionStats, ReconnectCause, SourceStats};
@@ -323,6 +332,7 @@ async fn session<S: EventSink>(
         frames: Vec::new(),
         batch: Vec::new(),
         batch_bytes: 0,
+        in_flight: None,
         last_seen: durable,
         keepalives_reported: 0,
         partition,
@@ -407,6 +417,8 @@ struct Reader<S> {
     frames: Vec<Frame>,
     batch: Vec<FalconEvent>,
     batch_bytes: usize,
+    /// The batch being made durable while the next one fills.
+    in_flight: Option<InFlight>,
     /// Newest offset accepted on this connection, starting at the durable offset. Anything
     /// at or below it is a replay.
     last_seen: Option<u64>,
@@ -420,6 +432,22 @@ struct Reader<S> {
 /// Ends a connection: the cause (`None` when cancelled) and a detail for the log.
 type Stop = (Option<ReconnectCause>, String);
 
+/// A sink write in flight, with what to record once it is durable.
+struct InFlight {
+    write: Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>,
+    count: u64,
+    bytes: u64,
+    last: Option<u64>,
+}
+
+/// Waits for the write in `slot` (pending forever when there is none).
+async fn settled(slot: &mut Option<InFlight>) -> Result<(), SinkError> {
+    match slot.as_mut() {
+        Some(in_flight) => in_flight.write.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl<S: EventSink> Reader<S> {
     async fn run(
         &mut self,
@@ -431,12 +459,26 @@ impl<S: EventSink> Reader<S> {
         let idle = self.inner.config.read_idle_timeout;
         let mut healthy = false;
         loop {
+            let cancel = &self.cancel;
+            let in_flight = &mut self.in_flight;
             let next = tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => return (None, healthy, String::new()),
-                () = group.cancelled() => return (Some(ReconnectCause::GroupRestart), healthy, String::new()),
+                () = cancel.cancelled() => return (None, healthy, String::new()),
+                result = settled(in_flight) => {
+                    // What filled up meanwhile is the next group commit.
+                    if let Err(stop) = self.complete(result) {
+                        return (stop.0, healthy, stop.1);
+                    }
+                    if let Err(stop) = self.flush().await {
+                        return self.end_after_settling(stop.0, healthy, stop.1).await;
+                    }
+                    continue;
+                }
+                () = group.cancelled() => {
+                    return self.end_after_settling(Some(ReconnectCause::GroupRestart), healthy, String::new()).await;
+                }
                 () = session_dead.cancelled() => {
-                    return (Some(ReconnectCause::SessionExpired), healthy, "refresh answered 404".to_owned());
+                    return self.end_after_settling(Some(ReconnectCause::SessionExpired), healthy, "refresh answered 404".to_owned()).await;
                 }
                 r = tokio::time::timeout(idle, body.next()) => r,
             };
@@ -453,7 +495,7 @@ impl<S: EventSink> Reader<S> {
                 Ok(Some(Ok(chunk))) => {
                     healthy = true;
                     if let Err(stop) = self.ingest(&chunk).await {
-                        return (stop.0, healthy, stop.1);
+                        return self.end_after_settling(stop.0, healthy, stop.1).await;
                     }
                     None
                 }
@@ -476,21 +518,27 @@ impl<S: EventSink> Reader<S> {
                     }
                     Some(Some(Ok(chunk))) => {
                         if let Err(stop) = self.ingest(&chunk).await {
-                            return (stop.0, healthy, stop.1);
+                            return self.end_after_settling(stop.0, healthy, stop.1).await;
                         }
                     }
                 }
             }
-            // Events received before a failure are valid: write them first.
-            if let Err(stop) = self.flush().await {
-                return (stop.0, healthy, stop.1);
+            // While a write is in flight the batch keeps filling (it is flushed when that
+            // write settles, or here once full); events received before a failure are valid
+            // and are written first.
+            let batch_full = self.batch.len() >= self.inner.config.max_batch_events
+                || self.batch_bytes >= BATCH_SOFT_BYTES;
+            if (self.in_flight.is_none() || batch_full || pending_end.is_some())
+                && let Err(stop) = self.flush().await
+            {
+                return self.end_after_settling(stop.0, healthy, stop.1).await;
             }
             self.report_keepalives();
             if let Some((cause, detail)) = pending_end {
                 if self.framer.reset() > 0 {
                     self.pstats.truncated_line();
                 }
-                return (cause, healthy, detail);
+                return self.end_after_settling(cause, healthy, detail).await;
             }
         }
     }
@@ -579,30 +627,71 @@ impl<S: EventSink> Reader<S> {
         result.map_err(|e| (Some(ReconnectCause::SinkError), e.to_string()))
     }
 
+    /// Hands the batch to the sink, after the previous write became durable (that wait is
+    /// the backpressure); does not wait for this write, so reading goes on meanwhile.
     async fn flush(&mut self) -> Result<(), Stop> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.settle().await?;
         let events = std::mem::take(&mut self.batch);
         let count = events.len() as u64;
         let bytes = self.batch_bytes as u64;
         self.batch_bytes = 0;
         let last = events.last().map(|e| e.offset);
-        // A cancelled source drops the write (the sink guarantees all-or-nothing per batch);
-        // a group restart lets it finish, since the events are valid.
-        let written = tokio::select! {
-            () = self.cancel.cancelled() => return Err((None, String::new())),
-            r = self.inner.sink.write(self.partition, events) => r,
+        let inner = Arc::clone(&self.inner);
+        let partition = self.partition;
+        self.in_flight = Some(InFlight {
+            write: Box::pin(async move { inner.sink.write(partition, events).await }),
+            count,
+            bytes,
+            last,
+        });
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any. A cancelled source drops it (the sink
+    /// guarantees all-or-nothing per batch); any other ending lets it finish, since the
+    /// events are valid.
+    async fn settle(&mut self) -> Result<(), Stop> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        let cancel = &self.cancel;
+        let result = tokio::select! {
+            () = cancel.cancelled() => return Err((None, String::new())),
+            result = settled(&mut self.in_flight) => result,
         };
-        match written {
+        self.complete(result)
+    }
+
+    /// Records the outcome of the write in flight and clears it.
+    fn complete(&mut self, result: Result<(), SinkError>) -> Result<(), Stop> {
+        let Some(done) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match result {
             Ok(()) => {
-                self.pstats.delivered(count, bytes);
-                if let Some(last) = last {
+                self.pstats.delivered(done.count, done.bytes);
+                if let Some(last) = done.last {
                     self.pstats.durable(last);
                 }
                 Ok(())
             }
             Err(e) => Err((Some(ReconnectCause::SinkError), e.to_string())),
+        }
+    }
+
+    /// Ends the connection once the write in flight settled.
+    async fn end_after_settling(
+        &mut self,
+        cause: Option<ReconnectCause>,
+        healthy: bool,
+        detail: String,
+    ) -> (Option<ReconnectCause>, bool, String) {
+        match self.settle().await {
+            Ok(()) => (cause, healthy, detail),
+            Err(stop) => (stop.0, healthy, stop.1),
         }
     }
 }
@@ -676,6 +765,7 @@ mod tests {
             frames: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
+            in_flight: None,
             last_seen: durable,
             keepalives_reported: 0,
             partition: 4,
