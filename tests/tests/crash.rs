@@ -21,10 +21,13 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// Records one kill can leave delivered-but-unacknowledged, so resent after the restart:
-/// the writer's read-ahead (2 reads) + the chunk being batched + `max_concurrency` chunks
-/// in flight, each at most `max_batch_bytes` (1,000,000) of ~1.5 KB events, i.e.
-/// (2 + 1 + 4) × ~670 ≈ 4,700; rounded up for events smaller than average.
-const IN_FLIGHT_WINDOW: u64 = 6_000;
+/// - the writer's read-ahead (2 reads) + the chunk being batched + `max_concurrency` (4)
+///   chunks in flight, each at most `max_batch_bytes` (1,000,000) of ~1.5 KB events:
+///   7 × ~670 ≈ 4,700;
+/// - acknowledgements the disk buffer holds in memory until it persists them (with the
+///   next append, or after `bridge_buffer::disk::ACK_FLUSH_INTERVAL` (100 ms) without one):
+///   at most 100 ms of drain, ≈ 5,000 at 50k events/s.
+const IN_FLIGHT_WINDOW: u64 = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
