@@ -75,6 +75,18 @@ pub fn ingest_config(cfg: &Config, extra_ca_pems: &[Vec<u8>]) -> IngestConfig {
     ingest
 }
 
+/// Raw event bytes the writer hands to one `deliver` call. In the default mode a chunk
+/// becomes one request body: the record envelope (`TimeGenerated`, `EventId`, …) adds about
+/// 10% to a ~1.5 KB event, so 85% of the body limit fills one body without spilling a small
+/// second one. In compressed mode a body holds ~1 MiB of gzip, about 6–8 MiB of JSON; a
+/// chunk of 6 MiB keeps memory bounded (`max_concurrency` chunks in flight).
+pub fn writer_chunk_bytes(cfg: &Config) -> usize {
+    match cfg.sentinel.batch_limit {
+        config::BatchLimit::Uncompressed => cfg.sentinel.max_batch_bytes / 100 * 85,
+        config::BatchLimit::Compressed => 6 * 1024 * 1024,
+    }
+}
+
 /// The Entra credential, with its secret resolved.
 pub fn credential(cfg: &Config, env: &dyn Env) -> anyhow::Result<CredentialSpec> {
     Ok(match &cfg.sentinel.credential {

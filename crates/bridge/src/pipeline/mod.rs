@@ -109,7 +109,7 @@ async fn run_with_buffer<B: Buffer>(
         dead_letters: Arc::clone(&dead_letters),
         limits: WriterLimits {
             max_concurrency: cfg.sentinel.max_concurrency,
-            chunk_bytes: cfg.sentinel.max_batch_bytes,
+            chunk_bytes: crate::wiring::writer_chunk_bytes(&cfg),
             linger: cfg.sentinel.batch_linger,
         },
         stats: Arc::clone(&writer_stats),
