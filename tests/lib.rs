@@ -218,3 +218,107 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("bind an ephemeral port")
 }
+
+/// A tansu broker (a Kafka-compatible broker on sqlite storage) as a child process.
+///
+/// The binary comes from `TANSU_BIN` (set by `scripts/test-all.sh`, which provisions it) or
+/// the provisioning script's cache; a missing binary fails the test with the command to run.
+#[derive(Debug)]
+pub struct Tansu {
+    child: Option<Child>,
+    port: u16,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    /// The broker binary.
+    pub fn bin() -> PathBuf {
+        let path = std::env::var_os("TANSU_BIN").map_or_else(
+            || {
+                let home = std::env::var_os("HOME").unwrap_or_default();
+                Path::new(&home).join(".cache/falcon-sentinel-bridge/tools/bin/tansu")
+            },
+            PathBuf::from,
+        );
+        assert!(
+            path.exists(),
+            "tansu not found at {}: run scripts/provision-tansu.sh (scripts/test-all.sh does)",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts a broker on a free loopback port with a fresh sqlite file.
+    pub fn start() -> Tansu {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tansu = Tansu {
+            child: None,
+            port: free_port(),
+            db: dir.path().join("tansu.db"),
+            _dir: dir,
+        };
+        tansu.launch();
+        tansu
+    }
+
+    fn launch(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        // tansu 0.6 reads `sqlite://PATH` as relative to its working directory (an absolute
+        // `sqlite:///x` loses its leading slash), so run it in the database's directory.
+        let dir = self.db.parent().expect("the database lives in a directory");
+        let name = self.db.file_name().expect("database file name");
+        let child = Command::new(Self::bin())
+            .current_dir(dir)
+            .args(["broker", "--storage-engine"])
+            .arg(format!("sqlite://{}", Path::new(name).display()))
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {url}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT`, for `brokers:`.
+    pub fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(Self::bin())
+            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tansu topic create");
+        assert!(status.success(), "tansu topic create {name}: {status}");
+    }
+
+    /// SIGKILLs the broker (its sqlite file stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and sqlite file.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
