@@ -87,7 +87,7 @@ pub fn writer_chunk_bytes(cfg: &Config) -> usize {
     }
 }
 
-/// The Entra credential, with its secret resolved.
+/// The Entra credential, with its secret (or certificate file) resolved.
 pub fn credential(cfg: &Config, env: &dyn Env) -> anyhow::Result<CredentialSpec> {
     Ok(match &cfg.sentinel.credential {
         CredentialConfig::WorkloadIdentity {
@@ -118,6 +118,30 @@ pub fn credential(cfg: &Config, env: &dyn Env) -> anyhow::Result<CredentialSpec>
                 .context("resolve sentinel.credential.client_secret")?
                 .expose()
                 .to_owned(),
+        },
+        // The PKCS#12 file is read here, once at start; a rotated certificate takes effect
+        // on restart (as does a rotated client secret).
+        CredentialConfig::ClientCertificate {
+            tenant_id,
+            client_id,
+            certificate,
+            password,
+        } => CredentialSpec::ClientCertificate {
+            tenant_id: tenant_id.clone(),
+            client_id: client_id.clone(),
+            certificate: certificate
+                .resolve_bytes()
+                .context("read sentinel.credential.certificate")?
+                .expose()
+                .to_vec(),
+            password: password
+                .as_ref()
+                .map(|p| {
+                    p.resolve(env)
+                        .context("resolve sentinel.credential.password")
+                        .map(|s| s.expose().to_owned())
+                })
+                .transpose()?,
         },
     })
 }

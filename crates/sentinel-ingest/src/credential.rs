@@ -14,17 +14,17 @@ use std::{
 
 use azure_core::{
     cloud::CloudConfiguration,
-    credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions},
+    credentials::{AccessToken, Secret, SecretBytes, TokenCredential, TokenRequestOptions},
     http::{ClientOptions, Transport},
 };
 use azure_identity::{
-    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    ClientAssertionCredentialOptions, ClientCertificateCredential,
+    ClientCertificateCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
     ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
     WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 
-/// Which Entra identity the client authenticates as. (Client certificates are not supported
-/// yet: azure_identity's `client_certificate` feature pulls in OpenSSL.)
+/// Which Entra identity the client authenticates as.
 #[derive(Clone)]
 pub enum CredentialSpec {
     /// AKS Workload Identity. `None` fields fall back to the webhook-injected environment
@@ -51,6 +51,19 @@ pub enum CredentialSpec {
         client_id: String,
         /// The secret; never printed.
         secret: String,
+    },
+    /// Service principal with a certificate: azure_identity signs an RS256 client assertion
+    /// (header `x5t` = the certificate's SHA-1 thumbprint) with the certificate's private key.
+    ClientCertificate {
+        /// Entra tenant.
+        tenant_id: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// The PKCS#12 (`.pfx`/`.p12`) file's raw DER bytes, not base64: certificate plus its
+        /// RSA private key. Never printed.
+        certificate: Vec<u8>,
+        /// The PKCS#12 password, if it has one; never printed.
+        password: Option<String>,
     },
 }
 
@@ -80,6 +93,18 @@ impl fmt::Debug for CredentialSpec {
                 .field("tenant_id", tenant_id)
                 .field("client_id", client_id)
                 .field("secret", &"<redacted>")
+                .finish(),
+            Self::ClientCertificate {
+                tenant_id,
+                client_id,
+                password,
+                ..
+            } => f
+                .debug_struct("ClientCertificate")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("certificate", &"<redacted>")
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
                 .finish(),
         }
     }
@@ -150,6 +175,22 @@ pub(crate) fn build_credential(
             Secret::new(secret.clone()),
             Some(ClientSecretCredentialOptions {
                 client_options: env.client_options(),
+            }),
+        )?,
+        // Parses the PKCS#12 here, so a wrong password or a bundle without an RSA key fails
+        // `IngestClient::new` (at start) rather than every token request.
+        CredentialSpec::ClientCertificate {
+            tenant_id,
+            client_id,
+            certificate,
+            password,
+        } => ClientCertificateCredential::new(
+            tenant_id.clone(),
+            client_id.clone(),
+            SecretBytes::new(certificate.clone()),
+            Some(ClientCertificateCredentialOptions {
+                client_options: env.client_options(),
+                password: password.clone().map(Secret::new),
             }),
         )?,
     })

@@ -15,7 +15,8 @@
 //! - `encode`: [`RecordMeta`], [`encode_record`], [`EncodedRecord`].
 //! - `batch`: [`Batcher`], [`BatchLimit`]: JSON arrays within the limit, libdeflate gzip.
 //! - `policy`: [`classify`] → [`Action`], `Retry-After` parsing.
-//! - `credential`: [`CredentialSpec`] and the resettable token credential.
+//! - `credential`: [`CredentialSpec`] (workload identity, managed identity, client secret,
+//!   client certificate) and the resettable token credential.
 //! - `client`: [`IngestClient`], [`IngestConfig`], the delivery loop and shared retry gate.
 //! - `stats`: counters ([`StatsSnapshot`]) and readiness ([`Health`]).
 //! - `error`: [`IngestError`], [`DeliverError`].

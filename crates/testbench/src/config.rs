@@ -130,6 +130,13 @@ pub enum EntraCredential {
         /// Expected `sub` claim.
         subject: String,
     },
+    /// `client_assertion` JWT signed (RS256) with the private key of this certificate, as
+    /// azure_identity's `ClientCertificateCredential` sends it: header `x5t` is the
+    /// certificate's SHA-1 thumbprint, `aud` the token endpoint URL, `iss` = `sub` = client id.
+    Certificate {
+        /// The registered certificate (X.509, DER) whose public key verifies the assertion.
+        certificate_der: Vec<u8>,
+    },
 }
 
 /// An application registration that may obtain tokens.

@@ -1,5 +1,6 @@
 //! Entra ID token endpoint emulator: `POST /{tenant}/oauth2/v2.0/token` with the client
-//! credentials grant, by secret or by federated client assertion (workload identity).
+//! credentials grant, by secret, by federated client assertion (workload identity), or by a
+//! client assertion signed with a registered certificate (RS256, checked signature).
 //! Tokens are opaque random strings remembered with their client, audience and expiry, so
 //! the ingestion emulator can check audience and principal like Azure does.
 
@@ -151,6 +152,17 @@ impl EntraEmulator {
                 ),
             );
         }
+        // A certificate assertion's `aud` must be the URL the client posted to. The listener
+        // is HTTPS only; HTTP/2 carries the authority in the URI, HTTP/1.1 in `Host`.
+        let endpoint = {
+            let authority = req.uri().authority().map(ToString::to_string).or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            });
+            authority.map(|a| format!("https://{a}{}", req.uri().path()))
+        };
         let Ok(body) = h::read_bounded(req.into_body(), 64 * 1024).await else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -244,6 +256,17 @@ impl EntraEmulator {
                     get("client_assertion"),
                     issuer,
                     subject,
+                ) {
+                    return *resp;
+                }
+            }
+            EntraCredential::Certificate { certificate_der } => {
+                if let Err(resp) = check_certificate_assertion(
+                    get("client_assertion_type"),
+                    get("client_assertion"),
+                    client_id,
+                    endpoint.as_deref(),
+                    certificate_der,
                 ) {
                     return *resp;
                 }
@@ -364,6 +387,151 @@ fn check_assertion(
                 "No matching federated identity record found for presented assertion subject '{sub}'."
             ),
         )));
+    }
+    Ok(())
+}
+
+#[allow(clippy::unnecessary_box_returns)] // boxed like every other rejection here (large Err)
+fn invalid_client(code: u32, description: &str) -> Box<Resp> {
+    Box::new(error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        code,
+        description,
+    ))
+}
+
+/// The SHA-1 thumbprint of a DER certificate (what `x5t` carries).
+fn sha1_thumbprint(certificate_der: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        certificate_der,
+    )
+    .as_ref()
+    .to_vec()
+}
+
+/// Decodes base64 in any of the alphabets and padding styles clients use for JWT fields:
+/// azure_identity encodes `x5t` with the standard alphabet and padding, RFC 7515 says
+/// base64url without padding.
+fn decode_b64_lenient(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = text.trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
+        .ok()
+}
+
+/// Checks a certificate client assertion in Entra's order: shape, header (alg, thumbprint),
+/// signature, then claims (time, audience, issuer/subject).
+fn check_certificate_assertion(
+    kind: Option<&str>,
+    assertion: Option<&str>,
+    client_id: &str,
+    endpoint: Option<&str>,
+    certificate_der: &[u8],
+) -> Result<(), Box<Resp>> {
+    let (Some(ASSERTION_TYPE), Some(assertion)) = (kind, assertion) else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            7_000_218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )));
+    };
+    let malformed = || invalid_client(50_027, "JWT token is invalid or malformed.");
+    let mut parts = assertion.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let header: serde_json::Value = decode_b64_lenient(header_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(malformed)?;
+    let claims: serde_json::Value = decode_b64_lenient(payload_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(malformed)?;
+    let signature = decode_b64_lenient(signature_b64).ok_or_else(malformed)?;
+
+    let alg = header.get("alg").and_then(|v| v.as_str()).unwrap_or("");
+    if alg != "RS256" {
+        return Err(invalid_client(
+            700_027,
+            &format!(
+                "Client assertion contains an invalid signature. [Reason - The signing algorithm '{alg}' is not supported; expected RS256.]"
+            ),
+        ));
+    }
+    let registered = sha1_thumbprint(certificate_der);
+    let presented = header
+        .get("x5t")
+        .and_then(|v| v.as_str())
+        .and_then(decode_b64_lenient);
+    if presented.as_deref() != Some(registered.as_slice()) {
+        let shown = header
+            .get("x5t")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        return Err(invalid_client(
+            700_027,
+            &format!(
+                "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{shown}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"
+            ),
+        ));
+    }
+    let der = rustls_pki_types::CertificateDer::from(certificate_der);
+    let verified = webpki::EndEntityCert::try_from(&der).is_ok_and(|cert| {
+        let signed = &assertion[..header_b64.len() + 1 + payload_b64.len()];
+        cert.verify_signature(
+            webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+            signed.as_bytes(),
+            &signature,
+        )
+        .is_ok()
+    });
+    if !verified {
+        return Err(invalid_client(
+            700_027,
+            "Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]",
+        ));
+    }
+
+    let now = h::now_epoch_secs();
+    let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+    // Entra allows a few minutes of clock skew on `nbf`.
+    let nbf = claims
+        .get("nbf")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if exp.is_none_or(|exp| exp <= now) || nbf > now + 300 {
+        return Err(invalid_client(
+            700_024,
+            "Client assertion is not within its valid time range.",
+        ));
+    }
+    let aud = claims.get("aud").and_then(|v| v.as_str()).unwrap_or("");
+    let aud_ok = endpoint.is_some_and(|e| e.trim_end_matches('/') == aud.trim_end_matches('/'));
+    if !aud_ok {
+        return Err(invalid_client(
+            700_023,
+            &format!(
+                "Client assertion audience claim does not match Realm issuer. Audience '{aud}' is not the token endpoint '{}'.",
+                endpoint.unwrap_or("")
+            ),
+        ));
+    }
+    let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
+    let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+    if iss != client_id || sub != client_id {
+        return Err(invalid_client(
+            700_021,
+            &format!(
+                "Client assertion application identifier doesn't match 'client_id' parameter. iss '{iss}', sub '{sub}', client_id '{client_id}'."
+            ),
+        ));
     }
     Ok(())
 }

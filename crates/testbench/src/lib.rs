@@ -5,7 +5,7 @@
 //!
 //! * the CrowdStrike **Falcon Event Streams** API (OAuth2 token, discover, the chunked NDJSON
 //!   feed, session refresh), with deterministic, realistic events;
-//! * the **Entra ID** token endpoint (client secret and federated client assertion);
+//! * the **Entra ID** token endpoint (client secret, federated client assertion, certificate);
 //! * the Azure Monitor **Logs Ingestion** API, which keeps a [`Ledger`] of every EventId it
 //!   accepted so tests can prove that nothing was lost.
 //!

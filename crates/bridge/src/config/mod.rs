@@ -52,7 +52,10 @@ pub use model::{
     KafkaBufferConfig, KafkaProtocol, KafkaSecurity, LogConfig, LogFormat, ManagedIdentityId,
     Partitions, ProxyUrl, SaslMechanism, SentinelConfig, StartPosition, TlsConfig,
 };
-pub use secret::{MAX_SECRET_FILE_BYTES, Secret, SecretError, SecretRef};
+pub use secret::{
+    MAX_BINARY_SECRET_FILE_BYTES, MAX_SECRET_FILE_BYTES, Secret, SecretBytes, SecretError,
+    SecretRef,
+};
 
 use error::hint;
 use interpolate::ColumnMap;

@@ -374,6 +374,8 @@ pub enum CredentialType {
     ManagedIdentity,
     /// App registration with a client secret.
     ClientSecret,
+    /// App registration with a certificate (PKCS#12 file).
+    ClientCertificate,
 }
 
 /// Validated `sentinel.credential`.
@@ -407,6 +409,19 @@ pub enum CredentialConfig {
         client_id: String,
         /// The secret.
         client_secret: SecretRef,
+    },
+    /// App registration with a certificate: a signed client assertion instead of a secret.
+    ClientCertificate {
+        /// Tenant (GUID or domain).
+        tenant_id: String,
+        /// Client id (GUID).
+        client_id: String,
+        /// The PKCS#12 (`.pfx`) bundle: certificate and RSA private key. Always
+        /// [`SecretRef::File`] (the bundle is binary); read at start-up.
+        certificate: SecretRef,
+        /// The bundle's password, if it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<SecretRef>,
     },
 }
 

@@ -450,7 +450,7 @@ impl Default for RawSentinel {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCredential {
-    /// workload_identity | managed_identity | client_secret. Required.
+    /// workload_identity | managed_identity | client_secret | client_certificate. Required.
     #[serde(rename = "type", default)]
     pub(crate) kind: Option<CredentialType>,
     /// Entra tenant (GUID or domain).
@@ -471,6 +471,12 @@ pub(crate) struct RawCredential {
     /// client_secret: the application secret.
     #[serde(default)]
     pub(crate) client_secret: Option<RawSecret>,
+    /// client_certificate: the PKCS#12 file, `{ file: /path.pfx }`.
+    #[serde(default)]
+    pub(crate) certificate: Option<RawSecret>,
+    /// client_certificate: the PKCS#12 password, if any.
+    #[serde(default)]
+    pub(crate) password: Option<RawSecret>,
 }
 
 /// `dead_letter:`.

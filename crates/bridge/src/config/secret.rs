@@ -26,6 +26,10 @@ pub enum SecretRef {
 /// device) must not be read into memory whole.
 pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
+/// Largest binary secret file read ([`SecretRef::resolve_bytes`]): a PKCS#12 bundle with a
+/// long chain is a few KiB to tens of KiB.
+pub const MAX_BINARY_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Why a secret could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -50,11 +54,20 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is larger than [`MAX_SECRET_FILE_BYTES`].
-    #[error("secret file {} is larger than {MAX_SECRET_FILE_BYTES} bytes", path.display())]
+    /// The file is larger than the limit ([`MAX_SECRET_FILE_BYTES`], or
+    /// [`MAX_BINARY_SECRET_FILE_BYTES`] for binary secrets).
+    #[error("secret file {} is larger than {limit} bytes", path.display())]
     TooLarge {
         /// The file.
         path: PathBuf,
+        /// The limit it exceeds.
+        limit: u64,
+    },
+    /// A binary secret (a PKCS#12 bundle) was referenced by environment variable.
+    #[error("secret {reference} must be a file: the value is binary")]
+    NotAFile {
+        /// `env NAME`.
+        reference: String,
     },
     /// The file is not UTF-8.
     #[error("secret file {} is not valid UTF-8", path.display())]
@@ -92,6 +105,25 @@ impl SecretRef {
         }
     }
 
+    /// Reads a binary secret (a PKCS#12 certificate bundle) verbatim: no UTF-8 check, no
+    /// line-break stripping. Only files can hold one; `validate` already refuses `env`.
+    pub fn resolve_bytes(&self) -> Result<SecretBytes, SecretError> {
+        match self {
+            Self::Env(name) => Err(SecretError::NotAFile {
+                reference: format!("env {name}"),
+            }),
+            Self::File(path) => {
+                let bytes = read_bytes_bounded(path, MAX_BINARY_SECRET_FILE_BYTES)?;
+                if bytes.is_empty() {
+                    return Err(SecretError::Empty {
+                        reference: format!("file {}", path.display()),
+                    });
+                }
+                Ok(SecretBytes(bytes))
+            }
+        }
+    }
+
     /// A short description for messages: `env NAME` / `file PATH`. Never the value.
     pub fn describe(&self) -> String {
         match self {
@@ -101,21 +133,27 @@ impl SecretRef {
     }
 }
 
-fn read_bounded(path: &Path) -> Result<String, SecretError> {
+fn read_bytes_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SecretError> {
     let read_err = |source| SecretError::Read {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE_BYTES + 1)
+    file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+    if bytes.len() as u64 > limit {
         return Err(SecretError::TooLarge {
             path: path.to_path_buf(),
+            limit,
         });
     }
+    Ok(bytes)
+}
+
+fn read_bounded(path: &Path) -> Result<String, SecretError> {
+    let bytes = read_bytes_bounded(path, MAX_SECRET_FILE_BYTES)?;
     String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 {
         path: path.to_path_buf(),
     })
@@ -157,6 +195,23 @@ impl fmt::Debug for Secret {
 }
 
 impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A binary secret value (a PKCS#12 bundle). Like [`Secret`] it cannot be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// The bytes. Call it only where they are handed to the credential.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }

@@ -815,3 +815,156 @@ fn empty_sections_take_defaults_and_other_shapes_are_explained() {
         (10, 15, "log.level")
     );
 }
+
+/// `MIN` with a `client_certificate` credential; `password` is the extra last line, if any.
+fn certificate_yaml(certificate: &str, password: Option<&str>) -> String {
+    let mut credential = format!(
+        "    type: client_certificate
+    tenant_id: contoso.onmicrosoft.com
+    client_id: 00000000-0000-0000-0000-000000000000
+    certificate: {certificate}
+"
+    );
+    if let Some(p) = password {
+        credential = format!("{credential}    password: {p}\n");
+    }
+    MIN.replace("    type: workload_identity\n", &credential)
+}
+
+#[test]
+fn client_certificate_validates_and_wiring_reads_the_file_at_start() {
+    const PASSWORD: &str = "pfx-pa55-9c1e";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pfx = dir.path().join("client.pfx");
+    // Binary, not UTF-8, ending in a line break that must be kept.
+    let bytes: Vec<u8> = vec![0x30, 0x82, 0xff, 0x00, 0xfe, b'\n'];
+    std::fs::write(&pfx, &bytes).expect("write");
+    let yaml = certificate_yaml(
+        &format!("{{ file: {} }}", pfx.display()),
+        Some("{ env: AZURE_CLIENT_CERTIFICATE_PASSWORD }"),
+    );
+    let test_env = env(&[
+        ("FALCON_CLIENT_SECRET", "x"),
+        ("AZURE_CLIENT_CERTIFICATE_PASSWORD", PASSWORD),
+    ]);
+    let config = load_str(&yaml, "t.yaml", &test_env).expect("valid");
+    assert_eq!(
+        config.sentinel.credential,
+        CredentialConfig::ClientCertificate {
+            tenant_id: "contoso.onmicrosoft.com".to_owned(),
+            client_id: "00000000-0000-0000-0000-000000000000".to_owned(),
+            certificate: SecretRef::File(pfx.clone()),
+            password: Some(SecretRef::Env(
+                "AZURE_CLIENT_CERTIFICATE_PASSWORD".to_owned()
+            )),
+        }
+    );
+    config.check_files().expect("the certificate file exists");
+    let printed = config.redacted_yaml();
+    assert!(printed.contains("type: client_certificate"), "{printed}");
+    assert!(
+        printed.contains("env: AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+        "{printed}"
+    );
+    assert!(!printed.contains(PASSWORD));
+    assert!(!format!("{config:?}").contains(PASSWORD));
+    // The printed config loads back to the same config.
+    let again = load_str(&printed, "printed.yaml", &test_env).expect("printed loads");
+    assert_eq!(again.sentinel.credential, config.sentinel.credential);
+
+    let spec = crate::wiring::credential(&config, &test_env).expect("resolves");
+    let shown = format!("{spec:?}");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    let sentinel_ingest::CredentialSpec::ClientCertificate {
+        certificate,
+        password,
+        ..
+    } = spec
+    else {
+        panic!("expected a client certificate spec, got {shown}");
+    };
+    assert_eq!(certificate, bytes, "read verbatim");
+    assert_eq!(password.as_deref(), Some(PASSWORD));
+
+    // Without a password; a missing file is reported by check_files and by wiring.
+    std::fs::remove_file(&pfx).expect("remove");
+    let config = ok(&certificate_yaml(
+        &format!("{{ file: {} }}", pfx.display()),
+        None,
+    ));
+    let errors = config.check_files().expect_err("missing certificate");
+    assert_eq!(
+        errors.errors()[0].path,
+        "sentinel.credential.certificate.file"
+    );
+    assert_eq!(errors.errors()[0].line, 12, "{errors}");
+    let error = crate::wiring::credential(&config, &env(&[])).expect_err("no file");
+    assert!(
+        format!("{error:#}").contains("read sentinel.credential.certificate"),
+        "{error:#}"
+    );
+}
+
+#[test]
+fn client_certificate_shape_errors_are_reported() {
+    // Binary bundles cannot come from the environment.
+    let error = single(&certificate_yaml("{ env: AZURE_CLIENT_CERTIFICATE }", None));
+    assert_eq!(error.path, "sentinel.credential.certificate.env");
+    assert!(error.message.contains("must be a file"), "{error}");
+    // Inline values are refused and never echoed.
+    let error = single(&certificate_yaml(
+        "{ file: /c.pfx }",
+        Some("inline-pfx-password"),
+    ));
+    assert_eq!(error.path, "sentinel.credential.password");
+    assert!(!error.to_string().contains("inline-pfx-password"));
+    let error = single(&certificate_yaml("relative/c.pfx", None));
+    assert_eq!(error.path, "sentinel.credential.certificate");
+    let error = single(&certificate_yaml("{ file: relative/c.pfx }", None));
+    assert_eq!(error.path, "sentinel.credential.certificate.file");
+    // Missing certificate.
+    let yaml = certificate_yaml("{ file: /c.pfx }", None)
+        .replace("    certificate: { file: /c.pfx }\n", "");
+    let error = single(&yaml);
+    assert_eq!(error.path, "sentinel.credential.certificate");
+    assert!(error.message.contains("required"), "{error}");
+    // Keys of another credential type.
+    let error = single(&with_line(9, "    certificate: { file: /c.pfx }"));
+    assert_eq!(error.path, "sentinel.credential.certificate");
+    assert!(
+        error
+            .message
+            .contains("not a key of credential type `workload_identity`"),
+        "{error}"
+    );
+    let error = single(&certificate_yaml(
+        "{ file: /c.pfx }\n    client_secret: { env: S }",
+        None,
+    ));
+    assert_eq!(error.path, "sentinel.credential.client_secret");
+    assert!(error.message.contains("client_certificate"), "{error}");
+}
+
+#[test]
+fn binary_secret_files_are_bounded_and_env_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.pfx");
+    std::fs::write(
+        &file,
+        vec![0_u8; usize::try_from(MAX_BINARY_SECRET_FILE_BYTES).expect("fits") + 1],
+    )
+    .expect("write");
+    assert!(matches!(
+        SecretRef::File(file.clone()).resolve_bytes(),
+        Err(SecretError::TooLarge { .. })
+    ));
+    std::fs::write(&file, b"").expect("write");
+    assert!(matches!(
+        SecretRef::File(file).resolve_bytes(),
+        Err(SecretError::Empty { .. })
+    ));
+    assert!(matches!(
+        SecretRef::Env("X".to_owned()).resolve_bytes(),
+        Err(SecretError::NotAFile { .. })
+    ));
+}

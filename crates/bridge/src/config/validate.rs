@@ -944,12 +944,14 @@ fn sentinel(v: &mut Issues, raw: RawSentinel) -> Option<SentinelConfig> {
 const WORKLOAD_KEYS: &str = "tenant_id, client_id, token_file (all optional)";
 const MANAGED_KEYS: &str = "at most one of client_id, resource_id, object_id";
 const SECRET_KEYS: &str = "tenant_id, client_id, client_secret";
+const CERTIFICATE_KEYS: &str = "tenant_id, client_id, certificate, password (optional)";
 
 fn credential(v: &mut Issues, raw: RawCredential) -> Option<CredentialConfig> {
     let kind = v.required(
         "sentinel.credential.type",
         raw.kind,
-        "workload_identity (AKS), managed_identity (Azure VM/ACI) or client_secret",
+        "workload_identity (AKS), managed_identity (Azure VM/ACI), client_secret or \
+         client_certificate",
     )?;
     if let Some(tenant) = &raw.tenant_id {
         v.tenant("sentinel.credential.tenant_id", tenant);
@@ -970,6 +972,8 @@ fn credential(v: &mut Issues, raw: RawCredential) -> Option<CredentialConfig> {
                         raw.client_secret.is_some(),
                         "sentinel.credential.client_secret",
                     ),
+                    (raw.certificate.is_some(), "sentinel.credential.certificate"),
+                    (raw.password.is_some(), "sentinel.credential.password"),
                 ],
             );
             let token_file = raw
@@ -991,6 +995,8 @@ fn credential(v: &mut Issues, raw: RawCredential) -> Option<CredentialConfig> {
                     (raw.token_file.is_some(), "sentinel.credential.token_file"),
                     (raw.resource_id.is_some(), "sentinel.credential.resource_id"),
                     (raw.object_id.is_some(), "sentinel.credential.object_id"),
+                    (raw.certificate.is_some(), "sentinel.credential.certificate"),
+                    (raw.password.is_some(), "sentinel.credential.password"),
                 ],
             );
             let tenant_id = v.required(
@@ -1021,7 +1027,74 @@ fn credential(v: &mut Issues, raw: RawCredential) -> Option<CredentialConfig> {
                 client_secret,
             })
         }
+        CredentialType::ClientCertificate => client_certificate(v, raw),
     }
+}
+
+fn client_certificate(v: &mut Issues, raw: RawCredential) -> Option<CredentialConfig> {
+    v.foreign_keys(
+        "credential",
+        "client_certificate",
+        CERTIFICATE_KEYS,
+        &[
+            (raw.token_file.is_some(), "sentinel.credential.token_file"),
+            (raw.resource_id.is_some(), "sentinel.credential.resource_id"),
+            (raw.object_id.is_some(), "sentinel.credential.object_id"),
+            (
+                raw.client_secret.is_some(),
+                "sentinel.credential.client_secret",
+            ),
+        ],
+    );
+    let tenant_id = v.required(
+        "sentinel.credential.tenant_id",
+        raw.tenant_id,
+        "the Entra tenant GUID or domain",
+    );
+    let client_id = v.required(
+        "sentinel.credential.client_id",
+        raw.client_id,
+        "the app registration's client id",
+    );
+    let certificate = v
+        .required(
+            "sentinel.credential.certificate",
+            raw.certificate,
+            "`certificate: { file: /var/run/secrets/azure/client.pfx }` (PKCS#12)",
+        )
+        .and_then(|s| v.secret("sentinel.credential.certificate", s))
+        .and_then(|s| match s {
+            SecretRef::File(_) => Some(s),
+            // A PKCS#12 bundle is binary; an environment variable cannot carry it intact.
+            SecretRef::Env(_) => {
+                v.value(
+                    "sentinel.credential.certificate.env",
+                    "the certificate must be a file: a PKCS#12 bundle is binary",
+                    hint(
+                        "mount it (e.g. a Kubernetes secret) and use `certificate: { file: \
+                         /var/run/secrets/azure/client.pfx }`",
+                    ),
+                );
+                None
+            }
+        });
+    // `None` when the key is absent; a present but invalid reference is reported and the
+    // credential is not built.
+    let password = match raw.password {
+        None => Some(None),
+        Some(p) => v.secret("sentinel.credential.password", p).map(Some),
+    };
+    let (Some(tenant_id), Some(client_id), Some(certificate), Some(password)) =
+        (tenant_id, client_id, certificate, password)
+    else {
+        return None;
+    };
+    Some(CredentialConfig::ClientCertificate {
+        tenant_id,
+        client_id,
+        certificate,
+        password,
+    })
 }
 
 fn managed_identity(v: &mut Issues, raw: RawCredential) -> CredentialConfig {
@@ -1036,6 +1109,8 @@ fn managed_identity(v: &mut Issues, raw: RawCredential) -> CredentialConfig {
                 raw.client_secret.is_some(),
                 "sentinel.credential.client_secret",
             ),
+            (raw.certificate.is_some(), "sentinel.credential.certificate"),
+            (raw.password.is_some(), "sentinel.credential.password"),
         ],
     );
     if let Some(object) = &raw.object_id {
@@ -1113,8 +1188,21 @@ pub(crate) fn file_refs(config: &Config) -> Vec<(String, &Path, FileUse)> {
     }
     let mut secrets: Vec<(&str, &SecretRef)> =
         vec![("falcon.client_secret", &config.falcon.client_secret)];
-    if let CredentialConfig::ClientSecret { client_secret, .. } = &config.sentinel.credential {
-        secrets.push(("sentinel.credential.client_secret", client_secret));
+    match &config.sentinel.credential {
+        CredentialConfig::ClientSecret { client_secret, .. } => {
+            secrets.push(("sentinel.credential.client_secret", client_secret));
+        }
+        CredentialConfig::ClientCertificate {
+            certificate,
+            password,
+            ..
+        } => {
+            secrets.push(("sentinel.credential.certificate", certificate));
+            if let Some(p) = password {
+                secrets.push(("sentinel.credential.password", p));
+            }
+        }
+        _ => {}
     }
     if let BufferConfig::Kafka(k) = &config.buffer {
         if let Some(p) = &k.security.password {
