@@ -65,6 +65,9 @@ pub struct BridgeOptions {
     pub shutdown_grace_secs: u64,
     /// Admin listener port (0: any).
     pub admin_port: u16,
+    /// Kafka brokers (`host:port`): the buffer is Kafka (topics `falcon-events` and
+    /// `falcon-checkpoints`) instead of the disk log.
+    pub kafka_brokers: Option<String>,
 }
 
 impl Default for BridgeOptions {
@@ -75,6 +78,7 @@ impl Default for BridgeOptions {
             batch_linger_ms: 100,
             shutdown_grace_secs: 10,
             admin_port: 0,
+            kafka_brokers: None,
         }
     }
 }
@@ -94,11 +98,7 @@ pub fn write_config(tb: &Testbench, dir: &Path, options: &BridgeOptions) -> Path
   partitions: all
   start: earliest
   read_idle_timeout_secs: 10
-buffer:
-  type: disk
-  path: {dir}/buffer
-  max_bytes: {max_bytes}
-sentinel:
+{buffer}sentinel:
   endpoint: {base}
   dcr_immutable_id: dcr-00000000000000000000000000000001
   default_stream: Custom-FalconEvents
@@ -130,7 +130,16 @@ tls:
 ",
         client = AZURE_CLIENT_ID,
         dir = dir.display(),
-        max_bytes = options.buffer_max_bytes,
+        buffer = match &options.kafka_brokers {
+            None => format!(
+                "buffer:\n  type: disk\n  path: {}/buffer\n  max_bytes: {}\n",
+                dir.display(),
+                options.buffer_max_bytes
+            ),
+            Some(brokers) => format!(
+                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n"
+            ),
+        },
         linger = options.batch_linger_ms,
         concurrency = options.max_concurrency,
         grace = options.shutdown_grace_secs,

@@ -448,7 +448,13 @@ impl DiskBuffer {
         if advanced > 0 {
             state.floor += advanced;
             state.floor_bytes += freed;
-            state.unacked_bytes -= freed;
+            // Counters are checked consistent at open; saturate rather than wrap regardless,
+            // since a wrapped count would make every later append wait forever.
+            debug_assert!(
+                state.unacked_bytes >= freed,
+                "ack frees more bytes than unacknowledged"
+            );
+            state.unacked_bytes = state.unacked_bytes.saturating_sub(freed);
             drop(state);
             self.shared.space.notify_waiters();
             self.shared.acked.notify_one();
@@ -609,6 +615,14 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
                     k.value()
                 )));
             }
+        }
+        // Unacknowledged records must be counted in the byte counters, or the capacity check
+        // (and the arithmetic of acknowledgement) would be wrong from here on.
+        if next_seq > floor && appended_bytes <= floor_bytes {
+            return Err(redb::Error::Corrupted(format!(
+                "buffer counters: records {floor}..{next_seq} are unacknowledged but the byte \
+                 counters (appended {appended_bytes}, acknowledged {floor_bytes}) leave none"
+            )));
         }
         let offsets = txn.open_table(SOURCE_OFFSETS)?;
         let mut resume = BTreeMap::new();

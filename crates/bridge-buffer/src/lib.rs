@@ -18,12 +18,16 @@
 //! unacknowledged data after corruption (it refuses to open instead), or panic on a record it
 //! cannot decode (that is [`BufferError::CorruptRecord`] naming the sequence number).
 //!
-//! A Kafka backend (lane = Kafka partition) is planned for a later session; it does not exist
-//! yet, and nothing in this crate pretends otherwise.
+//! With the `kafka` feature, `KafkaBuffer` implements the same trait over a Kafka topic (or an
+//! Azure Event Hub): lane = Kafka partition, seq = Kafka offset; an idempotent `acks=all`
+//! producer, a checkpoint topic plus a bounded scan for the resume offsets, and a consumer
+//! group whose commits cover only the contiguous acknowledged prefix. Its delivery semantics
+//! and Event Hubs notes are in the `kafka` module docs.
 //!
 //! Layout:
 //! * [`record`]: [`Record`], [`Position`], [`Entry`], [`Depth`] and the on-disk record codec.
 //! * [`disk`]: [`DiskBuffer`] and [`DiskBufferConfig`], the redb backend with group commit.
+//! * `kafka` (feature `kafka`): `KafkaBuffer` and `KafkaBufferConfig`, the Kafka backend.
 //! * this file: the [`Buffer`] trait and [`BufferError`].
 
 use std::collections::BTreeMap;
@@ -31,9 +35,13 @@ use std::future::Future;
 use std::path::PathBuf;
 
 pub mod disk;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod record;
 
 pub use disk::{DiskBuffer, DiskBufferConfig};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaBuffer, KafkaBufferConfig, KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use record::{Depth, Entry, Position, Record};
 
 /// A durable, ordered buffer of Falcon events with contiguous-prefix acknowledgement.
@@ -144,6 +152,55 @@ pub enum BufferError {
     /// The buffer was closed.
     #[error("buffer is closed")]
     Closed,
+    /// A Kafka operation failed.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {operation}")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The cause, from librdkafka.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A Kafka operation did not finish in time.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {operation} timed out after {waited:?}: {detail}")]
+    KafkaTimeout {
+        /// What was being done.
+        operation: &'static str,
+        /// How long it was given.
+        waited: std::time::Duration,
+        /// What was still missing.
+        detail: String,
+    },
+    /// The Kafka configuration is invalid.
+    #[cfg(feature = "kafka")]
+    #[error("kafka configuration: {reason}")]
+    KafkaConfig {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A CA file named in the Kafka configuration cannot be read.
+    #[cfg(feature = "kafka")]
+    #[error("read kafka CA file {path}")]
+    KafkaCaFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configured topic does not exist or cannot be described.
+    #[cfg(feature = "kafka")]
+    #[error("kafka topic {topic:?} is not usable on brokers {brokers}: {reason}")]
+    KafkaTopic {
+        /// The topic.
+        topic: String,
+        /// The bootstrap brokers asked.
+        brokers: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An earlier commit failed; redb must reopen the file to repair its allocator state, so the
     /// buffer refuses further appends until the process restarts.
     #[error("buffer failed earlier and must be reopened: {0}")]

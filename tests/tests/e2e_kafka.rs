@@ -1,0 +1,67 @@
+//! The real binary with Kafka as the buffer (tansu, a Kafka-compatible broker, on sqlite):
+//! SIGKILL of the bridge and of the broker mid-flight, and every event still arrives.
+
+use std::time::Duration;
+
+use e2e::{
+    BridgeOptions, Tansu, eventually, log_tail, missing_event_ids, spawn_bridge, terminate,
+    testbench_config, write_config,
+};
+use rand::{Rng as _, SeedableRng as _};
+use testbench::Testbench;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the bridge is not yet built with the Kafka buffer: wired by hand against tansu, the \
+            writer stalled (13,784 of 15,000 events not delivered within 3 minutes); see the \
+            issue notes. Run with `--ignored` once `buffer.type: kafka` is wired."]
+async fn kafka_buffer_survives_bridge_and_broker_kills_with_nothing_lost() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_124);
+    let mut tansu = Tansu::start();
+    tansu.create_topic("falcon-events", 2);
+    tansu.create_topic("falcon-checkpoints", 1);
+
+    let tb = Testbench::start(testbench_config(2))
+        .await
+        .expect("start testbench");
+    tb.falcon().append_events(0, 5_000);
+    tb.falcon().append_events(1, 5_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &tb,
+        dir.path(),
+        &BridgeOptions {
+            kafka_brokers: Some(tansu.broker()),
+            ..BridgeOptions::default()
+        },
+    );
+
+    // Two SIGKILLs of the bridge while events flow.
+    for run in 0..2 {
+        let mut bridge = spawn_bridge(&config, dir.path(), run);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_500))).await;
+        tb.falcon().append_events(run as u32 % 2, 2_000);
+        bridge.kill().expect("SIGKILL the bridge");
+        bridge.wait().expect("reap the bridge");
+    }
+
+    // The broker is SIGKILLed and restarted on the same file while the bridge runs.
+    let mut bridge = spawn_bridge(&config, dir.path(), 2);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tansu.kill();
+    tb.falcon().append_events(0, 1_000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tansu.restart();
+
+    let all_there = eventually(Duration::from_mins(3), || missing_event_ids(&tb).is_empty()).await;
+    let missing = missing_event_ids(&tb);
+    assert!(
+        all_there,
+        "{} events lost, e.g. {:?}; log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        log_tail(dir.path(), 2)
+    );
+    assert!(terminate(&mut bridge, Duration::from_secs(30)).success());
+    assert_eq!(tb.ingestion().distinct_event_ids(), 15_000);
+    tb.shutdown().await;
+}
