@@ -10,14 +10,16 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bridge_buffer::Record;
 use bytes::Bytes;
-use sentinel_ingest::{DeliverError, EncodedRecord, IngestClient, RecordMeta, encode_record};
+use sentinel_ingest::{DeliverError, IngestClient};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, Env};
 use crate::dead_letter::{self, DeadLetter, DeadLetterWriter, Stage};
 use crate::pipeline::router::StreamRouter;
+use crate::pipeline::writer::encode;
 
 /// Redrives every file in the dead-letter directory.
 pub async fn run(
@@ -97,30 +99,22 @@ async fn redrive_letters(
         refused: Vec::new(),
     };
     for (stream, letters) in by_stream {
-        let mut records = Vec::with_capacity(letters.len());
-        for (index, letter) in letters.iter().enumerate() {
-            let raw = letter.complete_raw().unwrap_or_default();
-            let customer_id = letter.customer_id.clone().unwrap_or_default();
-            let offset = letter.offset.unwrap_or_default();
-            let event_id = format!("{customer_id}:{}:{offset}", letter.partition);
-            let mut json = Vec::with_capacity(raw.len() + 256);
-            encode_record(
-                &RecordMeta {
-                    time_generated_ms: letter.created_at_ms.unwrap_or_default(),
-                    event_id: &event_id,
-                    event_type: letter.event_type.as_deref().unwrap_or_default(),
-                    customer_id: &customer_id,
+        let mut scratch = Vec::new();
+        let records = letters
+            .iter()
+            .enumerate()
+            .map(|(index, letter)| {
+                let record = Record {
                     partition: letter.partition,
-                    offset,
-                },
-                &raw,
-                &mut json,
-            );
-            records.push(EncodedRecord {
-                id: index as u64,
-                json: Bytes::from(json),
-            });
-        }
+                    offset: letter.offset.unwrap_or_default(),
+                    event_type: letter.event_type.clone().unwrap_or_default(),
+                    customer_id: letter.customer_id.clone().unwrap_or_default(),
+                    created_at_ms: letter.created_at_ms.unwrap_or_default(),
+                    payload: Bytes::from(letter.complete_raw().unwrap_or_default()),
+                };
+                encode(&record, index as u64, &mut scratch)
+            })
+            .collect();
         let report = match client.deliver(&stream, records, shutdown).await {
             Ok(report) => report,
             Err(DeliverError::Cancelled) => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bridge_buffer::{Buffer, Entry, Position};
+use bridge_buffer::{Buffer, Entry, Position, Record};
 use bytes::Bytes;
 use sentinel_ingest::{DeliverError, EncodedRecord, IngestClient, RecordMeta, encode_record};
 use tokio::sync::{Semaphore, mpsc};
@@ -192,29 +192,12 @@ impl<B: Buffer> Writer<B> {
         entries: Vec<Entry>,
         abort: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut records = Vec::with_capacity(entries.len());
         let mut scratch = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
-            let record = &entry.record;
-            let event_id = record.event_id();
-            scratch.clear();
-            encode_record(
-                &RecordMeta {
-                    time_generated_ms: record.created_at_ms,
-                    event_id: &event_id,
-                    event_type: &record.event_type,
-                    customer_id: &record.customer_id,
-                    partition: record.partition,
-                    offset: record.offset,
-                },
-                &record.payload,
-                &mut scratch,
-            );
-            records.push(EncodedRecord {
-                id: index as u64,
-                json: Bytes::copy_from_slice(&scratch),
-            });
-        }
+        let records = entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| encode(&entry.record, index as u64, &mut scratch))
+            .collect();
         let report = match self.client.deliver(stream, records, abort).await {
             Ok(report) => report,
             Err(DeliverError::Cancelled) => {
@@ -263,6 +246,29 @@ impl<B: Buffer> Writer<B> {
             .acked
             .fetch_add(positions.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// One buffer record as a Logs Ingestion record (`id` is the caller's handle). The one place
+/// the record shape and its deterministic `EventId` are put together.
+pub(crate) fn encode(record: &Record, id: u64, scratch: &mut Vec<u8>) -> EncodedRecord {
+    let event_id = record.event_id();
+    scratch.clear();
+    encode_record(
+        &RecordMeta {
+            time_generated_ms: record.created_at_ms,
+            event_id: &event_id,
+            event_type: &record.event_type,
+            customer_id: &record.customer_id,
+            partition: record.partition,
+            offset: record.offset,
+        },
+        &record.payload,
+        scratch,
+    );
+    EncodedRecord {
+        id,
+        json: Bytes::copy_from_slice(scratch),
     }
 }
 
