@@ -226,6 +226,7 @@ impl DiskBuffer {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        create_if_missing(&path)?;
         let mut db = open_database(&path)?;
         let open_err = |source: redb::Error| BufferError::Open {
             path: path.clone(),
@@ -539,6 +540,47 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Opens the file, turning a redb panic on a corrupt file into an error.
+/// Creates a new, initialised buffer file under a temporary name and renames it into place,
+/// so `buffer.redb` only ever exists complete. An existing file is never re-created: redb
+/// would turn an empty (truncated) file into a fresh database and silently drop everything
+/// it held, so an empty one is refused as damaged instead.
+fn create_if_missing(path: &Path) -> Result<(), BufferError> {
+    let damaged = |reason: String| BufferError::Open {
+        path: path.to_path_buf(),
+        source: redb::Error::Corrupted(reason),
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(damaged(
+                "the buffer file is empty, so it was truncated (it is created complete); move it \
+                 aside to start with an empty buffer"
+                    .into(),
+            ));
+        }
+        Ok(_) => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(damaged(format!("cannot stat the buffer file: {error}"))),
+    }
+    let fresh = path.with_extension("redb.creating");
+    // A leftover from a crash during an earlier creation never held data.
+    let _ = std::fs::remove_file(&fresh);
+    {
+        let db = open_database(&fresh)?;
+        load(&db).map_err(|source| BufferError::Open {
+            path: fresh.clone(),
+            source,
+        })?;
+    }
+    let io = |error: std::io::Error| damaged(format!("create the buffer file: {error}"));
+    std::fs::rename(&fresh, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 fn open_database(path: &Path) -> Result<Database, BufferError> {
     let opened = std::panic::catch_unwind(|| {
         let mut builder = Database::builder();

@@ -438,3 +438,29 @@ async fn a_file_of_another_format_is_refused() {
         "{message}"
     );
 }
+
+/// A truncated (empty) buffer file is damage, not a new buffer: refused, naming the file
+/// (fuzz finding: redb would otherwise re-create it and drop what it held).
+#[tokio::test]
+async fn an_empty_buffer_file_is_refused_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buffer = DiskBuffer::open(DiskBufferConfig::new(dir.path())).unwrap();
+        buffer.close().await.unwrap();
+    }
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "redb"))
+        .expect("the buffer file");
+    std::fs::File::create(&file).unwrap(); // truncate to 0 bytes
+    let error = DiskBuffer::open(DiskBufferConfig::new(dir.path())).unwrap_err();
+    let text = format!("{error}: {:?}", std::error::Error::source(&error));
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(text.contains("empty"), "{text}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        0,
+        "the damaged file is left as it was"
+    );
+}
