@@ -18,7 +18,7 @@ use testbench::{Testbench, TestbenchConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
-use crate::config::{self, Env};
+use crate::config;
 use crate::pipeline::{self, ServiceHandles};
 use crate::telemetry::{self, LogFormat};
 
@@ -28,14 +28,6 @@ const DEMO_AZURE_CLIENT_ID: &str = "5f1b7a3e-0c1d-4e2f-9a8b-7c6d5e4f3a2b";
 
 /// How long the demo waits without any progress before it gives up and reports.
 const STALL_TIMEOUT: Duration = Duration::from_mins(1);
-
-struct MapEnv(HashMap<String, String>);
-
-impl Env for MapEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
-}
 
 /// Runs the demo and prints the summary table.
 pub fn run(args: &DemoArgs) -> ExitCode {
@@ -156,7 +148,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Summary> {
     std::fs::write(&ca_file, tb.ca_pem()).context("write the testbench CA")?;
 
     let url = tb.url();
-    let env = MapEnv(HashMap::from([
+    let env: HashMap<String, String> = HashMap::from([
         (
             "DEMO_URL".to_owned(),
             url.as_str().trim_end_matches('/').to_owned(),
@@ -170,7 +162,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Summary> {
             "DEMO_AZURE_CLIENT_SECRET".to_owned(),
             "testbench-azure-secret".to_owned(),
         ),
-    ]));
+    ]);
     let cfg = config::load_str(DEMO_CONFIG, "config/examples/demo.yaml", &env)
         .map_err(|errors| anyhow::anyhow!("demo config is invalid (a bug):\n{errors}"))?;
 

@@ -50,23 +50,13 @@ pub fn spawn(
                     continue;
                 }
             };
-            let deadline = shutdown.child_token();
-            let timer = {
-                let deadline = deadline.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(SEND_DEADLINE).await;
-                    deadline.cancel();
-                })
-            };
-            match client
-                .deliver(&stream, vec![EncodedRecord { id: 0, json }], &deadline)
-                .await
-            {
-                Ok(report) if report.delivered == 1 => debug!(stream, "health record sent"),
-                Ok(report) => warn!(stream, ?report, "health record refused"),
+            let delivery = client.deliver(&stream, vec![EncodedRecord { id: 0, json }], &shutdown);
+            match tokio::time::timeout(SEND_DEADLINE, delivery).await {
+                Ok(Ok(report)) if report.delivered == 1 => debug!(stream, "health record sent"),
+                Ok(Ok(report)) => warn!(stream, ?report, "health record refused"),
+                Ok(Err(_)) => return,
                 Err(_) => warn!(stream, "health record not sent within the deadline"),
             }
-            timer.abort();
         }
     })
 }

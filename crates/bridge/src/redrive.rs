@@ -33,12 +33,7 @@ pub async fn run(
         crate::output::stdout(&format!("no dead letters in {}", dir.display()));
         return Ok(());
     }
-    let extra_ca_pems = cfg
-        .tls
-        .extra_ca_files
-        .iter()
-        .map(|path| std::fs::read(path).with_context(|| format!("read CA file {}", path.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let extra_ca_pems = crate::pipeline::read_extra_cas(cfg)?;
     let client = IngestClient::new(
         crate::wiring::ingest_config(cfg, &extra_ca_pems),
         crate::wiring::credential(cfg, env)?,

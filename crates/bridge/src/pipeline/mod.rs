@@ -237,7 +237,8 @@ fn stage_failure(
     }
 }
 
-fn read_extra_cas(cfg: &Config) -> anyhow::Result<Vec<Vec<u8>>> {
+/// The PEM bytes of every `tls.extra_ca_files` entry.
+pub(crate) fn read_extra_cas(cfg: &Config) -> anyhow::Result<Vec<Vec<u8>>> {
     cfg.tls
         .extra_ca_files
         .iter()
