@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Kafka suites run against tansu, a Kafka-compatible broker: install it once (cached
+# outside the work tree; about 20 minutes on 2 cores the first time).
+TANSU_BIN="$(scripts/provision-tansu.sh)"
+export TANSU_BIN
+
 # The end-to-end suites drive the real binary as a child process: build it first.
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --no-fail-fast "$@"

@@ -137,7 +137,7 @@ tls:
                 options.buffer_max_bytes
             ),
             Some(brokers) => format!(
-                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n"
+                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n"
             ),
         },
         linger = options.batch_linger_ms,
@@ -154,19 +154,7 @@ tls:
 /// Starts `falcon-sentinel-bridge run` with the testbench's secrets in its environment.
 /// Its log goes to `dir/bridge-<n>.log`.
 pub fn spawn_bridge(config: &Path, dir: &Path, run: usize) -> Child {
-    let log = std::fs::File::create(dir.join(format!("bridge-{run}.log"))).expect("log file");
-    Command::new(bridge_bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FALCON_CLIENT_SECRET", "testbench-falcon-secret")
-        .env("AZURE_CLIENT_SECRET", "testbench-azure-secret")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn falcon-sentinel-bridge")
+    spawn_bridge_with_env(config, dir, run, &[])
 }
 
 /// Sends SIGTERM and waits for the exit status (bounded).
@@ -277,14 +265,23 @@ impl Tansu {
         // `sqlite:///x` loses its leading slash), so run it in the database's directory.
         let dir = self.db.parent().expect("the database lives in a directory");
         let name = self.db.file_name().expect("database file name");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .expect("tansu log file");
         let child = Command::new(Self::bin())
             .current_dir(dir)
             .args(["broker", "--storage-engine"])
             .arg(format!("sqlite://{}", Path::new(name).display()))
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log.try_clone().expect("tansu log file"))
+            .stderr(log)
             .spawn()
             .expect("spawn tansu");
         self.child = Some(child);
@@ -293,6 +290,11 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not listen on {url}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The directory of the broker's sqlite file and log (`tansu.log`).
+    pub fn db_dir(&self) -> &Path {
+        self.db.parent().expect("the database lives in a directory")
     }
 
     /// `127.0.0.1:PORT`, for `brokers:`.
@@ -336,4 +338,33 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// [`spawn_bridge`] with extra environment variables for the child (the fault suite's
+/// `LD_PRELOAD` shim and its knobs): the environment is otherwise cleared the same way.
+pub fn spawn_bridge_with_env(
+    config: &Path,
+    dir: &Path,
+    run: usize,
+    env: &[(String, String)],
+) -> Child {
+    let log = std::fs::File::create(dir.join(format!("bridge-{run}.log"))).expect("log file");
+    Command::new(bridge_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FALCON_CLIENT_SECRET", "testbench-falcon-secret")
+        .env("AZURE_CLIENT_SECRET", "testbench-azure-secret")
+        .envs(
+            ["RUST_LOG"]
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn falcon-sentinel-bridge")
 }

@@ -7,8 +7,8 @@
 //! turns readiness off until deliveries succeed again.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 /// Conditions that must all hold for `/ready` to answer 200.
 #[derive(Debug, Default)]
 pub struct Readiness {
+    /// Why the buffer is not open yet (e.g. Kafka unreachable at startup), if known.
+    buffer_problem: Mutex<Option<String>>,
     buffer_open: AtomicBool,
     source_running: AtomicBool,
     shutting_down: AtomicBool,
@@ -31,7 +33,18 @@ pub struct Readiness {
 impl Readiness {
     /// The buffer was opened and recovered.
     pub fn set_buffer_open(&self) {
+        *self
+            .buffer_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.buffer_open.store(true, Ordering::Release);
+    }
+    /// Opening the buffer failed for now (retried): `/ready` tells why.
+    pub fn set_buffer_problem(&self, problem: String) {
+        *self
+            .buffer_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(problem);
     }
     /// The source task started.
     pub fn set_source_running(&self) {
@@ -43,26 +56,40 @@ impl Readiness {
     }
 
     /// Reasons the bridge is not ready, empty when it is.
-    fn not_ready_reasons(&self, metrics: &Metrics) -> Vec<String> {
+    fn not_ready_reasons(&self, metrics: Option<&Metrics>) -> Vec<String> {
         let mut reasons = Vec::new();
         if self.shutting_down.load(Ordering::Acquire) {
             reasons.push("shutting down".to_owned());
         }
         if !self.buffer_open.load(Ordering::Acquire) {
-            reasons.push("buffer not open yet".to_owned());
+            let problem = self
+                .buffer_problem
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            reasons.push(match problem {
+                Some(p) => format!("buffer not open yet: {p}"),
+                None => "buffer not open yet".to_owned(),
+            });
         }
         if !self.source_running.load(Ordering::Acquire) {
             reasons.push("falcon source not started yet".to_owned());
         }
-        reasons.extend(metrics.writer_problems());
+        if let Some(metrics) = metrics {
+            reasons.extend(metrics.writer_problems());
+        }
         reasons
     }
 }
 
+/// The metrics, set once the stages exist: the admin listener serves `/live` and `/ready`
+/// from the start, while the buffer may still be connecting.
+pub type MetricsSlot = Arc<OnceLock<Arc<Metrics>>>;
+
 #[derive(Clone, Debug)]
 struct AdminState {
     readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
+    metrics: MetricsSlot,
 }
 
 /// Binds the admin listener; fails early (at startup) if the address is taken.
@@ -74,7 +101,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
+    metrics: MetricsSlot,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -88,7 +115,9 @@ pub async fn serve(
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let reasons = state.readiness.not_ready_reasons(&state.metrics);
+    let reasons = state
+        .readiness
+        .not_ready_reasons(state.metrics.get().map(AsRef::as_ref));
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
@@ -105,6 +134,9 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        state
+            .metrics
+            .get()
+            .map_or_else(|| "# EOF\n".to_owned(), Metrics::render),
     )
 }

@@ -166,3 +166,53 @@ pub fn dead_letter_dir(cfg: &Config) -> (&std::path::Path, usize) {
         } => (path.as_path(), *max_record_bytes),
     }
 }
+
+/// The Kafka buffer's configuration, with its secrets resolved. Event Hubs' Kafka endpoint
+/// takes SASL PLAIN with the user `$ConnectionString` and the connection string as password.
+pub fn kafka_buffer_config(
+    kafka: &config::KafkaBufferConfig,
+    cfg: &Config,
+    env: &dyn Env,
+) -> anyhow::Result<bridge_buffer::kafka::KafkaBufferConfig> {
+    use bridge_buffer::kafka::{SaslMechanism, SecurityProtocol};
+    let mut out = bridge_buffer::kafka::KafkaBufferConfig::new(
+        kafka.brokers.clone(),
+        kafka.topic.clone(),
+        kafka.checkpoint_topic.clone(),
+        kafka.group_id.clone(),
+    );
+    let security = &kafka.security;
+    out.security.protocol = match security.protocol {
+        config::KafkaProtocol::Plaintext => SecurityProtocol::Plaintext,
+        config::KafkaProtocol::Ssl => SecurityProtocol::Ssl,
+        config::KafkaProtocol::SaslPlaintext => SecurityProtocol::SaslPlaintext,
+        config::KafkaProtocol::SaslSsl => SecurityProtocol::SaslSsl,
+    };
+    out.security.sasl_mechanism = security.sasl_mechanism.map(|m| match m {
+        config::SaslMechanism::Plain => SaslMechanism::Plain,
+        config::SaslMechanism::ScramSha256 => SaslMechanism::ScramSha256,
+        config::SaslMechanism::ScramSha512 => SaslMechanism::ScramSha512,
+        config::SaslMechanism::OauthBearer => SaslMechanism::OAuthBearer,
+    });
+    out.security.username.clone_from(&security.username);
+    if let Some(password) = &security.password {
+        let secret = password
+            .resolve(env)
+            .context("resolve buffer.security.password")?;
+        out.security.password = Some(secret.expose().to_owned());
+    }
+    if let Some(connection) = &security.event_hubs_connection_string {
+        let secret = connection
+            .resolve(env)
+            .context("resolve buffer.security.event_hubs_connection_string")?;
+        out.security.username = Some("$ConnectionString".to_owned());
+        out.security.password = Some(secret.expose().to_owned());
+        out.security.sasl_mechanism = Some(SaslMechanism::Plain);
+    }
+    out.security
+        .ca_pem_files
+        .clone_from(&cfg.tls.extra_ca_files);
+    out.group_instance_id.clone_from(&kafka.group_instance_id);
+    out.extra.clone_from(&kafka.librdkafka_options);
+    Ok(out)
+}

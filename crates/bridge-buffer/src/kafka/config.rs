@@ -23,6 +23,11 @@ pub struct KafkaBufferConfig {
     pub checkpoint_topic: String,
     /// The consumer group of the writer side (Event Hubs: a consumer group of the event hub).
     pub group_id: String,
+    /// Static group membership (`group.instance.id`, KIP-345) of the writer's consumer: a
+    /// restarted process with the same id takes its partitions back at once, where a dynamic
+    /// member waits for the dead one's `session.timeout.ms`. Unique per running instance (a
+    /// StatefulSet's pod name); two live consumers with one id fence each other.
+    pub group_instance_id: Option<String>,
     /// Transport security and authentication.
     pub security: KafkaSecurity,
     /// Bound on the memory librdkafka may use for events: half for the consumer's prefetch queue
@@ -71,6 +76,7 @@ impl KafkaBufferConfig {
             topic: topic.into(),
             checkpoint_topic: checkpoint_topic.into(),
             group_id: group_id.into(),
+            group_instance_id: None,
             security: KafkaSecurity::default(),
             max_bytes: 128 * 1024 * 1024,
             extra: BTreeMap::new(),
@@ -94,6 +100,13 @@ impl KafkaBufferConfig {
             if value.trim().is_empty() {
                 return bad(format!("{name} must not be empty"));
             }
+        }
+        if self
+            .group_instance_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return bad("group_instance_id must not be empty".into());
         }
         if self.topic == self.checkpoint_topic {
             return bad("topic and checkpoint_topic must differ".into());
@@ -189,6 +202,7 @@ impl fmt::Debug for KafkaBufferConfig {
             .field("topic", &self.topic)
             .field("checkpoint_topic", &self.checkpoint_topic)
             .field("group_id", &self.group_id)
+            .field("group_instance_id", &self.group_instance_id)
             .field("security", &self.security)
             .field("max_bytes", &self.max_bytes)
             .field("extra", &extra)

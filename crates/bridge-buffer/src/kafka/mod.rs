@@ -95,6 +95,8 @@ use lanes::Lanes;
 
 /// How long an append sleeps before retrying when librdkafka's producer queue is full.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+/// How often the same consumer error is logged again while it persists.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the depth is refreshed from the brokers.
 const DEPTH_REFRESH: Duration = Duration::from_secs(2);
 /// Record size assumed for the depth's byte estimate before any record was seen.
@@ -328,6 +330,9 @@ fn consumer_config(base: &ClientConfig, config: &KafkaBufferConfig) -> ClientCon
             "queued.max.messages.kbytes",
             queue_kbytes(config).min(2_097_151).to_string(),
         );
+    if let Some(id) = &config.group_instance_id {
+        cc.set("group.instance.id", id);
+    }
     config.apply_extra(&mut cc);
     cc
 }
@@ -562,6 +567,7 @@ impl Inner {
             }
             None => {
                 let mut closed = self.closed.subscribe();
+                let mut last_error: Option<(String, tokio::time::Instant)> = None;
                 loop {
                     let received = tokio::select! {
                         m = consumer.recv() => m,
@@ -581,7 +587,19 @@ impl Inner {
                                 return Err(BufferError::CorruptRecord { seq, reason });
                             }
                         },
-                        Err(e) => tracing::warn!(error = %e, "kafka consumer"),
+                        Err(e) => {
+                            // While brokers are down librdkafka reports the same error
+                            // many times a second: log a change, or a repeat every 30 s.
+                            let text = e.to_string();
+                            let now = tokio::time::Instant::now();
+                            let repeat = last_error.as_ref().is_some_and(|(t, at)| {
+                                *t == text && now.duration_since(*at) < ERROR_LOG_INTERVAL
+                            });
+                            if !repeat {
+                                tracing::warn!(error = %text, "kafka consumer");
+                                last_error = Some((text, now));
+                            }
+                        }
                     }
                 }
             }

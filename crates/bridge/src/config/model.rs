@@ -210,10 +210,11 @@ pub enum BufferType {
 /// Validated `buffer:` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // one value per process, built once at startup
 pub enum BufferConfig {
     /// A disk log on a persistent volume.
     Disk(DiskBufferConfig),
-    /// Kafka; the service refuses to run it until that backend exists.
+    /// Kafka (or the Kafka endpoint of Event Hubs).
     Kafka(KafkaBufferConfig),
 }
 
@@ -237,6 +238,10 @@ pub struct KafkaBufferConfig {
     pub checkpoint_topic: String,
     /// Consumer group.
     pub group_id: String,
+    /// Static group membership id (`group.instance.id`), if set.
+    pub group_instance_id: Option<String>,
+    /// Raw librdkafka properties, applied last (never those the guarantee rests on).
+    pub librdkafka_options: BTreeMap<String, String>,
     /// Connection security.
     pub security: KafkaSecurity,
 }

@@ -347,9 +347,38 @@ pub(crate) struct RawBuffer {
     /// kafka: consumer group.
     #[serde(default)]
     pub(crate) group_id: Option<String>,
+    /// kafka: static group membership (KIP-345): a restarted bridge takes its partitions
+    /// back at once instead of after the session timeout.
+    #[serde(default)]
+    pub(crate) group_instance_id: Option<String>,
+    /// kafka: raw librdkafka properties for both producer and consumer.
+    #[serde(default)]
+    pub(crate) librdkafka_options: Option<BTreeMap<String, RawScalar>>,
     /// kafka: connection security.
     #[serde(default)]
     pub(crate) security: Option<RawKafkaSecurity>,
+}
+
+/// A YAML scalar taken as text (`session.timeout.ms: 10000` and `"10000"` alike).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawScalar {
+    /// A string.
+    Text(String),
+    /// An integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl RawScalar {
+    pub(crate) fn into_text(self) -> String {
+        match self {
+            Self::Text(s) => s,
+            Self::Int(i) => i.to_string(),
+            Self::Bool(b) => b.to_string(),
+        }
+    }
 }
 
 /// `buffer.security:` for Kafka.

@@ -731,6 +731,62 @@ fn kafka_and_event_hubs_rules() {
     );
     let error = single(&(MIN.to_owned() + "buffer:\n  type: kafka\n  brokers: [nohost]\n"));
     assert_eq!(error.path, "buffer.brokers[0]");
+    let error = single(
+        &(base.clone() + "  security:\n    protocol: sasl_ssl\n    sasl_mechanism: oauthbearer\n"),
+    );
+    assert_eq!(error.path, "buffer.security.sasl_mechanism");
+    assert!(error.message.contains("not supported"), "{error}");
+}
+
+#[test]
+fn kafka_static_membership_and_librdkafka_options() {
+    let base = MIN.to_owned() + "buffer:\n  type: kafka\n  brokers: [kafka-0:9092]\n";
+    let config = ok(&(base.clone()
+        + "  group_instance_id: bridge-0\n  librdkafka_options:\n    session.timeout.ms: 30000\n    \
+           client.rack: \"eu-1a\"\n    socket.keepalive.enable: true\n"));
+    let BufferConfig::Kafka(kafka) = &config.buffer else {
+        panic!("kafka")
+    };
+    assert_eq!(kafka.group_instance_id.as_deref(), Some("bridge-0"));
+    let options: Vec<(&str, &str)> = kafka
+        .librdkafka_options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        options,
+        [
+            ("client.rack", "eu-1a"),
+            ("session.timeout.ms", "30000"),
+            ("socket.keepalive.enable", "true")
+        ]
+    );
+
+    // What the guarantee rests on, what has a key of its own, and secrets are refused,
+    // all reported together.
+    let errs = errors(
+        &(base.clone()
+            + "  group_instance_id: \"bad id\"\n  librdkafka_options:\n    acks: 1\n    \
+               enable.auto.commit: true\n    sasl.password: hunter2\n    group.instance.id: x\n"),
+    );
+    let mut paths: Vec<&str> = errs.errors().iter().map(|e| e.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "buffer.group_instance_id",
+            "buffer.librdkafka_options.acks",
+            "buffer.librdkafka_options.enable.auto.commit",
+            "buffer.librdkafka_options.group.instance.id",
+            "buffer.librdkafka_options.sasl.password",
+        ],
+        "{errs}"
+    );
+    assert!(!errs.to_string().contains("hunter2"), "{errs}");
+
+    // Kafka keys under a disk buffer are named.
+    let error = single(&(MIN.to_owned() + "buffer:\n  group_instance_id: a\n"));
+    assert_eq!(error.path, "buffer.group_instance_id");
 }
 
 #[test]

@@ -569,7 +569,8 @@ fn falcon(v: &mut Issues, raw: RawFalcon) -> Option<FalconConfig> {
 }
 
 const DISK_KEYS: &str = "path, max_bytes";
-const KAFKA_KEYS: &str = "brokers, topic, checkpoint_topic, group_id, security";
+const KAFKA_KEYS: &str =
+    "brokers, topic, checkpoint_topic, group_id, group_instance_id, librdkafka_options, security";
 
 fn buffer(v: &mut Issues, raw: RawBuffer, max_event_bytes: Option<usize>) -> Option<BufferConfig> {
     match raw.kind.unwrap_or(BufferType::Disk) {
@@ -583,6 +584,11 @@ fn buffer(v: &mut Issues, raw: RawBuffer, max_event_bytes: Option<usize>) -> Opt
                     (raw.topic.is_some(), "buffer.topic"),
                     (raw.checkpoint_topic.is_some(), "buffer.checkpoint_topic"),
                     (raw.group_id.is_some(), "buffer.group_id"),
+                    (raw.group_instance_id.is_some(), "buffer.group_instance_id"),
+                    (
+                        raw.librdkafka_options.is_some(),
+                        "buffer.librdkafka_options",
+                    ),
                     (raw.security.is_some(), "buffer.security"),
                 ],
             );
@@ -671,15 +677,61 @@ fn kafka_buffer(v: &mut Issues, raw: RawBuffer) -> Option<BufferConfig> {
             None,
         );
     }
+    if let Some(id) = &raw.group_instance_id {
+        kafka_name(v, "buffer.group_instance_id", id);
+    }
+    let mut librdkafka_options = BTreeMap::new();
+    for (key, value) in raw.librdkafka_options.unwrap_or_default() {
+        let path = format!("buffer.librdkafka_options.{key}");
+        if RESERVED_LIBRDKAFKA_OPTIONS.contains(&key.as_str()) {
+            v.key(
+                &path,
+                format!("`{key}` is set by the bridge and cannot be overridden"),
+                hint(
+                    "the delivery guarantee rests on it, or it has its own key \
+                     (brokers, group_id, group_instance_id, security)",
+                ),
+            );
+        } else if key.starts_with("sasl.") || key.starts_with("ssl.") {
+            v.key(
+                &path,
+                format!("`{key}` belongs in `buffer.security` or `tls`"),
+                hint("secrets go through `{ env: .. }`/`{ file: .. }` there, never inline"),
+            );
+        } else {
+            librdkafka_options.insert(key, value.into_text());
+        }
+    }
     let security = kafka_security(v, raw.security.unwrap_or_default());
     Some(BufferConfig::Kafka(KafkaBufferConfig {
         brokers,
         topic,
         checkpoint_topic,
         group_id,
+        group_instance_id: raw.group_instance_id,
+        librdkafka_options,
         security,
     }))
 }
+
+/// librdkafka properties `buffer.librdkafka_options` may not set: the delivery guarantee
+/// rests on them (the buffer refuses them too), or a key of our own sets them.
+const RESERVED_LIBRDKAFKA_OPTIONS: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "group.instance.id",
+    "bootstrap.servers",
+    "isolation.level",
+    "security.protocol",
+    "auto.offset.reset",
+];
 
 fn kafka_name(v: &mut Issues, path: &str, name: &str) {
     if name.is_empty()
@@ -753,10 +805,17 @@ fn kafka_security(v: &mut Issues, raw: RawKafkaSecurity) -> KafkaSecurity {
                 "required key is missing",
                 hint(
                     "a `sasl_*` protocol needs `sasl_mechanism`: plain, \
-                        scram-sha-256, scram-sha-512 or oauthbearer",
+                        scram-sha-256 or scram-sha-512",
                 ),
             ),
-            Some(SaslMechanism::OauthBearer) => {}
+            Some(SaslMechanism::OauthBearer) => v.value(
+                "buffer.security.sasl_mechanism",
+                "`oauthbearer` (an Entra ID token for Event Hubs) is not supported yet",
+                hint(
+                    "for Event Hubs use `event_hubs_connection_string`; \
+                     for Kafka use plain or scram-sha-*",
+                ),
+            ),
             Some(_) => {
                 if security.username.is_none() {
                     v.key(

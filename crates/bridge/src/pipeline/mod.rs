@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bridge_buffer::kafka::KafkaBuffer;
 use bridge_buffer::{Buffer, DiskBuffer, DiskBufferConfig};
 use falcon_stream::{FalconSource, SourceStats};
 use sentinel_ingest::IngestClient;
@@ -53,7 +54,32 @@ pub async fn run(
         DeadLetterWriter::open(dead_letter_dir, max_record_bytes)
             .context("open the dead-letter directory")?,
     );
-    let buffer = match &cfg.buffer {
+    // The admin listener comes first: `/live` answers while the buffer is still opening
+    // (a Kafka cluster can be unreachable for a long time), so Kubernetes does not restart
+    // a process that is only waiting.
+    let admin_listener = admin::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("bind the admin listener on {}", cfg.admin.listen))?;
+    info!(admin = %cfg.admin.listen, "admin listener bound");
+    let admin = Admin {
+        readiness: Arc::new(Readiness::default()),
+        metrics: admin::MetricsSlot::default(),
+        cancel: CancellationToken::new(),
+    };
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin.readiness),
+        Arc::clone(&admin.metrics),
+        admin.cancel.clone(),
+    ));
+    let stages = Stages {
+        env,
+        shutdown,
+        dead_letters,
+        extra_ca_pems,
+        admin: admin.clone(),
+    };
+    let result = match &cfg.buffer {
         BufferConfig::Disk(disk) => {
             let mut buffer_config = DiskBufferConfig::new(disk.path.clone());
             buffer_config.max_bytes = disk.max_bytes;
@@ -62,35 +88,93 @@ pub async fn run(
                 .await
                 .context("open the disk buffer")?
                 .context("open the disk buffer")?;
-            Arc::new(buffer)
+            run_with_buffer(cfg, stages, on_start, Arc::new(buffer)).await
         }
-        BufferConfig::Kafka(_) => anyhow::bail!(
-            "buffer.type kafka is not implemented in this version; use buffer.type disk"
-        ),
+        BufferConfig::Kafka(kafka) => {
+            let kafka_config = crate::wiring::kafka_buffer_config(kafka, &cfg, env)?;
+            match connect_kafka(kafka_config, &admin.readiness, &stages.shutdown).await {
+                Some(buffer) => run_with_buffer(cfg, stages, on_start, Arc::new(buffer)).await,
+                None => Ok(()),
+            }
+        }
     };
-    run_with_buffer(
-        cfg,
-        env,
-        shutdown,
-        on_start,
-        buffer,
-        dead_letters,
-        extra_ca_pems,
-    )
-    .await
+    admin.cancel.cancel();
+    let _ = admin_task.await;
+    info!("falcon-sentinel-bridge stopped");
+    result
 }
+
+/// The admin listener's shared state.
+#[derive(Clone)]
+struct Admin {
+    readiness: Arc<Readiness>,
+    metrics: admin::MetricsSlot,
+    cancel: CancellationToken,
+}
+
+/// What every stage needs besides the buffer.
+struct Stages<'a> {
+    env: &'a (dyn Env + Sync),
+    shutdown: CancellationToken,
+    dead_letters: Arc<DeadLetterWriter>,
+    extra_ca_pems: Vec<Vec<u8>>,
+    admin: Admin,
+}
+
+/// Connects the Kafka buffer, retrying with capped exponential backoff while the cluster is
+/// unreachable (a broker outage at startup costs delay, not a crash loop); `None` when
+/// shutdown was requested first.
+async fn connect_kafka(
+    config: bridge_buffer::kafka::KafkaBufferConfig,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Option<KafkaBuffer> {
+    let mut wait = Duration::from_secs(1);
+    for attempt in 1u64.. {
+        match KafkaBuffer::connect(config.clone()).await {
+            Ok(buffer) => {
+                readiness.set_buffer_open();
+                return Some(buffer);
+            }
+            Err(error) => {
+                error!(
+                    %error,
+                    attempt,
+                    retry_in_secs = wait.as_secs(),
+                    brokers = %config.brokers.join(","),
+                    topic = %config.topic,
+                    "cannot open the Kafka buffer; retrying"
+                );
+                readiness.set_buffer_problem(format!("kafka: {error} (attempt {attempt})"));
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(KAFKA_CONNECT_MAX_WAIT);
+    }
+    None
+}
+
+/// The longest wait between two attempts to open the Kafka buffer.
+const KAFKA_CONNECT_MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[allow(clippy::too_many_lines)]
 async fn run_with_buffer<B: Buffer>(
     cfg: Config,
-    env: &(dyn Env + Sync),
-    shutdown: CancellationToken,
+    stages: Stages<'_>,
     on_start: impl FnOnce(ServiceHandles) + Send,
     buffer: Arc<B>,
-    dead_letters: Arc<DeadLetterWriter>,
-    extra_ca_pems: Vec<Vec<u8>>,
 ) -> anyhow::Result<()> {
-    let readiness = Arc::new(Readiness::default());
+    let Stages {
+        env,
+        shutdown,
+        dead_letters,
+        extra_ca_pems,
+        admin,
+    } = stages;
+    let readiness = admin.readiness;
     readiness.set_buffer_open();
 
     let client = Arc::new(
@@ -134,18 +218,7 @@ async fn run_with_buffer<B: Buffer>(
         Arc::clone(&client),
         crate::metrics::BufferGauge::new(&buffer),
     ));
-    let admin_listener = admin::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("bind the admin listener on {}", cfg.admin.listen))?;
-    info!(admin = %cfg.admin.listen, "admin listener bound");
-
-    let admin_cancel = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::clone(&readiness),
-        Arc::clone(&metrics),
-        admin_cancel.clone(),
-    ));
+    let _ = admin.metrics.set(Arc::clone(&metrics));
 
     let source_cancel = CancellationToken::new();
     let writer_stop = CancellationToken::new();
@@ -217,9 +290,6 @@ async fn run_with_buffer<B: Buffer>(
     if let Err(error) = buffer.close().await {
         error!(%error, "closing the buffer failed");
     }
-    admin_cancel.cancel();
-    let _ = admin_task.await;
-    info!("falcon-sentinel-bridge stopped");
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
