@@ -68,6 +68,8 @@ pub struct BridgeOptions {
     /// Kafka brokers (`host:port`): the buffer is Kafka (topics `falcon-events` and
     /// `falcon-checkpoints`) instead of the disk log.
     pub kafka_brokers: Option<String>,
+    /// Kafka consumer `session.timeout.ms` (`buffer.librdkafka_options`), when set.
+    pub kafka_session_timeout_ms: Option<u64>,
 }
 
 impl Default for BridgeOptions {
@@ -79,6 +81,7 @@ impl Default for BridgeOptions {
             shutdown_grace_secs: 10,
             admin_port: 0,
             kafka_brokers: None,
+            kafka_session_timeout_ms: None,
         }
     }
 }
@@ -137,7 +140,11 @@ tls:
                 options.buffer_max_bytes
             ),
             Some(brokers) => format!(
-                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n"
+                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n{}",
+                options.kafka_session_timeout_ms.map_or_else(String::new, |ms| format!(
+                    "  librdkafka_options:\n    session.timeout.ms: {ms}\n    heartbeat.interval.ms: {}\n",
+                    (ms / 4).max(100)
+                ))
             ),
         },
         linger = options.batch_linger_ms,
