@@ -206,3 +206,20 @@ pub enum BufferError {
     #[error("buffer failed earlier and must be reopened: {0}")]
     Failed(String),
 }
+
+impl BufferError {
+    /// Whether opening again later may succeed without an operator: an I/O error (no space
+    /// left, EIO), the file still locked by handles being dropped, a buffer that failed
+    /// after an I/O error. Not: corruption, a format this version cannot read, a bad record.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::CreateDir { .. } | Self::Failed(_) => true,
+            Self::Open { source, .. } | Self::Storage { source, .. } => matches!(
+                source,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseAlreadyOpen
+            ),
+            _ => false,
+        }
+    }
+}

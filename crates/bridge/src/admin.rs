@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -38,6 +38,14 @@ impl Readiness {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.buffer_open.store(true, Ordering::Release);
+    }
+    /// The stages stopped because the buffer failed; it is being reopened: not ready until
+    /// the stages run again, and `/ready` tells why.
+    pub fn restarting(&self, problem: String) {
+        self.buffer_open.store(false, Ordering::Release);
+        self.source_running.store(false, Ordering::Release);
+        self.shutting_down.store(false, Ordering::Release);
+        self.set_buffer_problem(problem);
     }
     /// Opening the buffer failed for now (retried): `/ready` tells why.
     pub fn set_buffer_problem(&self, problem: String) {
@@ -82,9 +90,29 @@ impl Readiness {
     }
 }
 
-/// The metrics, set once the stages exist: the admin listener serves `/live` and `/ready`
-/// from the start, while the buffer may still be connecting.
-pub type MetricsSlot = Arc<OnceLock<Arc<Metrics>>>;
+/// The metrics, set when the stages exist (again after the buffer was reopened): the admin
+/// listener serves `/live` and `/ready` from the start, while the buffer may still be opening.
+pub type MetricsSlot = Arc<RwLock<Option<Arc<Metrics>>>>;
+
+/// Sets (or replaces) the metrics the admin endpoints serve.
+pub fn set_metrics(slot: &MetricsSlot, metrics: Arc<Metrics>) {
+    *slot
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(metrics);
+}
+
+/// Drops the metrics the admin endpoints serve (their gauges hold the buffer).
+pub fn clear_metrics(slot: &MetricsSlot) {
+    *slot
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
+fn current_metrics(slot: &MetricsSlot) -> Option<Arc<Metrics>> {
+    slot.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
 
 #[derive(Clone, Debug)]
 struct AdminState {
@@ -115,9 +143,8 @@ pub async fn serve(
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let reasons = state
-        .readiness
-        .not_ready_reasons(state.metrics.get().map(AsRef::as_ref));
+    let metrics = current_metrics(&state.metrics);
+    let reasons = state.readiness.not_ready_reasons(metrics.as_deref());
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
@@ -134,9 +161,6 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state
-            .metrics
-            .get()
-            .map_or_else(|| "# EOF\n".to_owned(), Metrics::render),
+        current_metrics(&state.metrics).map_or_else(|| "# EOF\n".to_owned(), |m| m.render()),
     )
 }

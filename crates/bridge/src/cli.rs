@@ -81,9 +81,9 @@ pub fn run_cli(cli: Cli) -> ExitCode {
         Command::Validate(arg) => validate(&arg),
         Command::Run(arg) => with_config(&arg, crate::runtime::block_on_service),
         Command::Demo(args) => crate::demo::run(&args),
-        Command::DeadLetter(DeadLetterCommand::List(arg)) => {
-            with_config(&arg, |cfg| crate::dead_letter::list_command(&cfg))
-        }
+        Command::DeadLetter(DeadLetterCommand::List(arg)) => with_config(&arg, |cfg| {
+            crate::dead_letter::list_command(&cfg, &ProcessEnv)
+        }),
         Command::DeadLetter(DeadLetterCommand::Redrive(arg)) => {
             with_config(&arg, crate::runtime::block_on_redrive)
         }

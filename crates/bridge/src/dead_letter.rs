@@ -1,20 +1,34 @@
-//! The dead-letter destination: a directory of JSON-lines files.
+//! The dead-letter destination: a directory of JSON-lines files, or (with the Kafka buffer)
+//! a Kafka topic with one JSON letter per message, keyed by Falcon partition.
 //!
 //! A record lands here when it can never be delivered as it is: a Falcon line that is not
 //! an event (stage `source`), or a record Azure refused with a 400/413 (stage `sentinel`).
 //! Every letter keeps the raw bytes (UTF-8 as is, anything else base64), the reason, and
 //! Azure's status, code and message, so nothing is lost silently and an operator can fix
-//! the DCR and `redrive`. A letter is fsynced before the buffer position it replaces is
-//! acknowledged: the guarantee "delivered or dead-lettered" holds across a crash.
+//! the DCR and `redrive`. A letter is durable (fsynced, or acknowledged by the brokers with
+//! `acks=all`) before the buffer position it replaces is acknowledged: the guarantee
+//! "delivered or dead-lettered" holds across a crash.
+//!
+//! In the Kafka topic, `list` and `redrive` track what was handled with the consumer group
+//! `{buffer.group_id}-dead-letter-redrive`: letters above its committed offsets are pending.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
+use bridge_buffer::BufferError;
+use bridge_buffer::kafka::{KafkaBufferConfig, TopicReader, TopicWriter};
 use serde::{Deserialize, Serialize};
+use tracing::{error, info};
+
+use crate::config::{Config, Env};
+use crate::wiring::KafkaDeadLetters;
 
 /// Where a letter came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +38,16 @@ pub enum Stage {
     Source,
     /// A record the Logs Ingestion API refused.
     Sentinel,
+}
+
+impl Stage {
+    /// Its name in letters and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Sentinel => "sentinel",
+        }
+    }
 }
 
 /// One dead-lettered record, one JSON line on disk.
@@ -95,6 +119,17 @@ impl DeadLetter {
         (bytes.len() == self.raw_len).then_some(bytes)
     }
 
+    /// The raw bytes as stored, possibly truncated; empty if the base64 does not decode.
+    fn stored_raw(&self) -> Vec<u8> {
+        if self.raw_encoding == "base64" {
+            base64::engine::general_purpose::STANDARD
+                .decode(&self.raw)
+                .unwrap_or_default()
+        } else {
+            self.raw.clone().into_bytes()
+        }
+    }
+
     /// An empty letter stamped with the current time.
     pub fn new(stage: Stage, reason: impl Into<String>, partition: u32) -> Self {
         Self {
@@ -123,26 +158,143 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Appends letters to `{dir}/dead-letter-{start_ms}-{pid}.jsonl`, fsyncing each write.
+/// Writes dead letters durably to the configured destination: appends to
+/// `{dir}/dead-letter-{start_ms}-{pid}.jsonl`, fsyncing each write, or produces one message
+/// per letter to a Kafka topic (key = Falcon partition, value = the JSON line), resolving
+/// once the brokers acknowledged every one.
 #[derive(Debug)]
 pub struct DeadLetterWriter {
-    dir: PathBuf,
     max_record_bytes: usize,
-    file: Mutex<Option<(PathBuf, File)>>,
-    written: std::sync::atomic::AtomicU64,
+    written: AtomicU64,
+    destination: Destination,
+}
+
+#[derive(Debug)]
+enum Destination {
+    Directory {
+        dir: PathBuf,
+        file: Mutex<Option<(PathBuf, File)>>,
+    },
+    Kafka(Box<KafkaDestination>),
+}
+
+/// The topic writer connects on first use (or in the background at start), retrying while
+/// the brokers are unreachable, so that an outage at start-up delays dead letters instead
+/// of failing the service.
+#[derive(Debug)]
+struct KafkaDestination {
+    connection: KafkaBufferConfig,
+    topic: String,
+    writer: tokio::sync::OnceCell<TopicWriter>,
+}
+
+/// First and longest wait between two connection attempts to the dead-letter topic.
+const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+impl KafkaDestination {
+    async fn writer(&self) -> anyhow::Result<&TopicWriter> {
+        self.writer
+            .get_or_try_init(|| async {
+                let mut wait = CONNECT_BACKOFF.0;
+                loop {
+                    match TopicWriter::connect(&self.connection, &self.topic).await {
+                        Ok(writer) => {
+                            info!(topic = %self.topic, "dead-letter topic connected");
+                            return Ok(writer);
+                        }
+                        // Retrying cannot fix a configuration.
+                        Err(
+                            error @ (BufferError::KafkaConfig { .. }
+                            | BufferError::KafkaCaFile { .. }),
+                        ) => {
+                            return Err(anyhow::Error::new(error)
+                                .context("connect to the dead-letter topic"));
+                        }
+                        Err(error) => {
+                            error!(
+                                topic = %self.topic,
+                                error = %error,
+                                retry_in = ?wait,
+                                "dead-letter topic not usable; dead letters wait"
+                            );
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(CONNECT_BACKOFF.1);
+                        }
+                    }
+                }
+            })
+            .await
+    }
 }
 
 impl DeadLetterWriter {
-    /// Creates the directory if needed; the file is created on the first letter.
+    /// A directory destination; creates the directory if needed, the file is created on the
+    /// first letter.
     pub fn open(dir: &Path, max_record_bytes: usize) -> anyhow::Result<Self> {
         fs::create_dir_all(dir)
             .with_context(|| format!("create dead-letter directory {}", dir.display()))?;
         Ok(Self {
-            dir: dir.to_owned(),
             max_record_bytes,
-            file: Mutex::new(None),
-            written: std::sync::atomic::AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            destination: Destination::Directory {
+                dir: dir.to_owned(),
+                file: Mutex::new(None),
+            },
         })
+    }
+
+    /// A Kafka topic destination. Does no I/O: the topic is connected (and checked to
+    /// exist) on the first write or [`connect`](Self::connect).
+    pub fn kafka(destination: KafkaDeadLetters) -> Self {
+        Self {
+            max_record_bytes: destination.max_record_bytes,
+            written: AtomicU64::new(0),
+            destination: Destination::Kafka(Box::new(KafkaDestination {
+                connection: destination.connection,
+                topic: destination.topic,
+                writer: tokio::sync::OnceCell::new(),
+            })),
+        }
+    }
+
+    /// The destination `dead_letter:` configures (secrets resolved from `env`). Within a
+    /// tokio runtime, a Kafka destination starts connecting in the background, so that a
+    /// missing topic is reported at start rather than at the first dead letter.
+    pub fn from_config(cfg: &Config, env: &dyn Env) -> anyhow::Result<Arc<Self>> {
+        if let Some((dir, max_record_bytes)) = crate::wiring::dead_letter_dir(cfg) {
+            return Ok(Arc::new(Self::open(dir, max_record_bytes)?));
+        }
+        let Some(kafka) = crate::wiring::dead_letter_kafka(cfg, env)? else {
+            anyhow::bail!("no dead-letter destination configured");
+        };
+        let writer = Arc::new(Self::kafka(kafka));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&writer);
+            runtime.spawn(async move {
+                let Some(writer) = weak.upgrade() else { return };
+                if let Err(error) = writer.connect().await {
+                    error!(error = %format!("{error:#}"), "dead-letter topic");
+                }
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Connects a Kafka destination now (waiting while the brokers are unreachable); a
+    /// no-op for a directory.
+    pub async fn connect(&self) -> anyhow::Result<()> {
+        match &self.destination {
+            Destination::Directory { .. } => Ok(()),
+            Destination::Kafka(kafka) => kafka.writer().await.map(|_| ()),
+        }
+    }
+
+    /// Where letters go, for messages: the directory or `kafka topic NAME`.
+    pub fn describe(&self) -> String {
+        match &self.destination {
+            Destination::Directory { dir, .. } => dir.display().to_string(),
+            Destination::Kafka(kafka) => format!("kafka topic {}", kafka.topic),
+        }
     }
 
     /// The cap on raw bytes kept per letter.
@@ -152,11 +304,15 @@ impl DeadLetterWriter {
 
     /// Letters written by this process.
     pub fn written(&self) -> u64 {
-        self.written.load(std::sync::atomic::Ordering::Relaxed)
+        self.written.load(Ordering::Relaxed)
     }
 
-    /// Writes and fsyncs `letters`. Blocking: call from `spawn_blocking`.
+    /// Writes and fsyncs `letters` to a directory destination. Blocking: call from
+    /// `spawn_blocking`. A Kafka destination refuses: use [`write`](Self::write).
     pub fn write_blocking(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
+        let Destination::Directory { dir, file } = &self.destination else {
+            anyhow::bail!("a Kafka dead-letter destination is written with `write`");
+        };
         if letters.is_empty() {
             return Ok(());
         }
@@ -165,8 +321,7 @@ impl DeadLetterWriter {
             serde_json::to_writer(&mut buf, letter).context("encode dead letter")?;
             buf.push(b'\n');
         }
-        let mut guard = self
-            .file
+        let mut guard = file
             .lock()
             .map_err(|_| anyhow::anyhow!("dead-letter writer poisoned by an earlier panic"))?;
         if guard.is_none() {
@@ -175,14 +330,14 @@ impl DeadLetterWriter {
                 time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000,
                 std::process::id()
             );
-            let path = self.dir.join(name);
-            let file = OpenOptions::new()
+            let path = dir.join(name);
+            let opened = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .with_context(|| format!("open {}", path.display()))?;
-            sync_dir(&self.dir)?;
-            *guard = Some((path, file));
+            sync_dir(dir)?;
+            *guard = Some((path, opened));
         }
         if let Some((path, file)) = guard.as_mut() {
             file.write_all(&buf)
@@ -190,20 +345,66 @@ impl DeadLetterWriter {
                 .with_context(|| format!("write {}", path.display()))?;
         }
         self.written
-            .fetch_add(letters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(letters.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Async wrapper around [`Self::write_blocking`].
-    pub async fn write(
-        self: &std::sync::Arc<Self>,
-        letters: Vec<DeadLetter>,
-    ) -> anyhow::Result<()> {
-        let this = std::sync::Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.write_blocking(&letters))
-            .await
-            .context("dead-letter writer task")?
+    /// Writes `letters` durably: resolves once they are fsynced (directory) or acknowledged
+    /// by the brokers (Kafka). A Kafka destination waits while the brokers are unreachable.
+    pub async fn write(self: &Arc<Self>, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
+        match &self.destination {
+            Destination::Directory { .. } => {
+                let this = Arc::clone(self);
+                tokio::task::spawn_blocking(move || this.write_blocking(&letters))
+                    .await
+                    .context("dead-letter writer task")?
+            }
+            Destination::Kafka(kafka) => {
+                if letters.is_empty() {
+                    return Ok(());
+                }
+                let writer = kafka.writer().await?;
+                let count = letters.len() as u64;
+                for (partition, payloads) in kafka_messages(letters, writer.max_message_bytes())? {
+                    writer
+                        .send(&partition.to_string(), payloads)
+                        .await
+                        .with_context(|| {
+                            format!("write dead letters to kafka topic {}", kafka.topic)
+                        })?;
+                }
+                self.written.fetch_add(count, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
+}
+
+/// The letters as JSON messages grouped by Falcon partition (the key), each group in the
+/// given order. A letter too large for one message keeps a shorter prefix of its raw bytes
+/// (`raw_len` still tells the original length; it can then no longer be redriven).
+fn kafka_messages(
+    letters: Vec<DeadLetter>,
+    max_message_bytes: usize,
+) -> anyhow::Result<BTreeMap<u32, Vec<Vec<u8>>>> {
+    let mut out = BTreeMap::<u32, Vec<Vec<u8>>>::new();
+    for mut letter in letters {
+        let mut json = serde_json::to_vec(&letter).context("encode dead letter")?;
+        while json.len() + 10 > max_message_bytes {
+            let stored = letter.stored_raw();
+            if stored.is_empty() {
+                anyhow::bail!(
+                    "a dead letter without raw bytes is larger than the topic's message limit ({max_message_bytes} bytes)"
+                );
+            }
+            let raw_len = letter.raw_len;
+            letter.set_raw(&stored, stored.len() / 2);
+            letter.raw_len = raw_len;
+            json = serde_json::to_vec(&letter).context("encode dead letter")?;
+        }
+        out.entry(letter.partition).or_default().push(json);
+    }
+    Ok(out)
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
@@ -246,9 +447,28 @@ pub fn read_letters(path: &Path) -> anyhow::Result<Vec<DeadLetter>> {
     Ok(letters)
 }
 
-/// `dead-letter list`: one line per file and reason, with counts.
-pub fn list_command(cfg: &crate::config::Config) -> anyhow::Result<()> {
-    let (dir, _) = crate::wiring::dead_letter_dir(cfg);
+/// `dead-letter list`: one line per file (or the topic), stage and reason, with counts.
+pub fn list_command(cfg: &Config, env: &dyn Env) -> anyhow::Result<()> {
+    let Some((dir, _)) = crate::wiring::dead_letter_dir(cfg) else {
+        let Some(kafka) = crate::wiring::dead_letter_kafka(cfg, env)? else {
+            anyhow::bail!("no dead-letter destination configured");
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?;
+        let counts = runtime.block_on(count_kafka_letters(&kafka))?;
+        let mut total = 0_usize;
+        for ((stage, reason), count) in &counts {
+            crate::output::stdout(&format!("{}\t{stage}\t{reason}\t{count}", kafka.topic));
+            total += count;
+        }
+        crate::output::stdout(&format!(
+            "{total} dead letters not yet redriven in kafka topic {} (group {})",
+            kafka.topic, kafka.redrive_group
+        ));
+        return Ok(());
+    };
     let files = letter_files(dir)?;
     if files.is_empty() {
         crate::output::stdout(&format!("no dead letters in {}", dir.display()));
@@ -257,14 +477,9 @@ pub fn list_command(cfg: &crate::config::Config) -> anyhow::Result<()> {
     let mut total = 0_usize;
     for file in &files {
         let letters = read_letters(file)?;
-        let mut by_reason = std::collections::BTreeMap::<(String, String), usize>::new();
+        let mut by_reason = BTreeMap::<(String, String), usize>::new();
         for letter in &letters {
-            let stage = match letter.stage {
-                Stage::Source => "source",
-                Stage::Sentinel => "sentinel",
-            };
-            let key = (stage.to_owned(), letter.reason.clone());
-            *by_reason.entry(key).or_default() += 1;
+            *by_reason.entry(count_key(letter)).or_default() += 1;
         }
         for ((stage, reason), count) in by_reason {
             crate::output::stdout(&format!("{}\t{stage}\t{reason}\t{count}", file.display()));
@@ -273,6 +488,60 @@ pub fn list_command(cfg: &crate::config::Config) -> anyhow::Result<()> {
     }
     crate::output::stdout(&format!("{total} dead letters in {} files", files.len()));
     Ok(())
+}
+
+fn count_key(letter: &DeadLetter) -> (String, String) {
+    (letter.stage.as_str().to_owned(), letter.reason.clone())
+}
+
+/// Messages of the dead-letter topic read per batch by `list` and `redrive`.
+pub(crate) const KAFKA_BATCH: usize = 500;
+
+/// The stage and reason counted for a message that is not a dead letter.
+pub(crate) const UNREADABLE: (&str, &str) = ("unreadable", "not_a_dead_letter");
+
+/// (stage, reason) → count of the letters in the dead-letter topic not yet redriven: from the
+/// redrive group's committed offsets to the high watermarks. Commits nothing. A message
+/// that is not a letter is counted as [`UNREADABLE`].
+pub async fn count_kafka_letters(
+    kafka: &KafkaDeadLetters,
+) -> anyhow::Result<BTreeMap<(String, String), usize>> {
+    let mut reader = TopicReader::connect(&kafka.connection, &kafka.topic, &kafka.redrive_group)
+        .await
+        .with_context(|| format!("read kafka topic {}", kafka.topic))?;
+    let mut counts = BTreeMap::<(String, String), usize>::new();
+    loop {
+        let batch = reader
+            .next_batch(KAFKA_BATCH)
+            .await
+            .with_context(|| format!("read kafka topic {}", kafka.topic))?;
+        if batch.is_empty() {
+            return Ok(counts);
+        }
+        for message in batch {
+            let key = match parse_message(&message) {
+                Some(letter) => count_key(&letter),
+                None => (UNREADABLE.0.to_owned(), UNREADABLE.1.to_owned()),
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+}
+
+/// The letter a dead-letter topic message carries; `None` (logged) if it is not one.
+pub(crate) fn parse_message(message: &bridge_buffer::kafka::TopicMessage) -> Option<DeadLetter> {
+    match serde_json::from_slice(&message.payload) {
+        Ok(letter) => Some(letter),
+        Err(error) => {
+            tracing::warn!(
+                partition = message.partition,
+                offset = message.offset,
+                error = %error,
+                "message in the dead-letter topic is not a dead letter"
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -305,5 +574,49 @@ mod tests {
             "a truncated letter is not redrivable"
         );
         assert_eq!(writer.written(), 3);
+    }
+
+    #[test]
+    fn kafka_messages_group_by_partition_and_shrink_a_letter_to_the_message_limit() {
+        let mut small = DeadLetter::new(Stage::Sentinel, "azure_rejected", 3);
+        small.set_raw(b"{\"a\":1}", 1 << 20);
+        let mut big = DeadLetter::new(Stage::Sentinel, "record_too_large", 1);
+        big.set_raw(&vec![b'x'; 50_000], 1 << 20);
+        let mut second = DeadLetter::new(Stage::Source, "invalid_json", 3);
+        second.set_raw(b"{", 1 << 20);
+        let out = kafka_messages(vec![small, big, second], 10_000).unwrap();
+        assert_eq!(out.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        let three: Vec<DeadLetter> = out[&3]
+            .iter()
+            .map(|m| serde_json::from_slice(m).unwrap())
+            .collect();
+        assert_eq!(three[0].reason, "azure_rejected");
+        assert_eq!(three[1].reason, "invalid_json");
+        assert_eq!(three[0].complete_raw().unwrap(), b"{\"a\":1}");
+        let shrunk: DeadLetter = serde_json::from_slice(&out[&1][0]).unwrap();
+        assert!(out[&1][0].len() + 10 <= 10_000);
+        assert_eq!(shrunk.raw_len, 50_000, "the original length is kept");
+        assert!(!shrunk.raw.is_empty() && shrunk.raw.len() < 10_000);
+        assert!(
+            shrunk.complete_raw().is_none(),
+            "a shrunk letter is not redrivable"
+        );
+    }
+
+    #[test]
+    fn a_kafka_destination_refuses_blocking_writes() {
+        let kafka = DeadLetterWriter::kafka(KafkaDeadLetters {
+            connection: KafkaBufferConfig::new(vec!["127.0.0.1:1".into()], "e", "c", "g"),
+            topic: "dead-letters".into(),
+            redrive_group: "g-dead-letter-redrive".into(),
+            max_record_bytes: 1024,
+        });
+        assert_eq!(kafka.describe(), "kafka topic dead-letters");
+        assert!(
+            kafka
+                .write_blocking(&[DeadLetter::new(Stage::Source, "x", 0)])
+                .is_err()
+        );
+        assert_eq!(kafka.written(), 0);
     }
 }

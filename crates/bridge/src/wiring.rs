@@ -157,14 +157,51 @@ pub fn router(cfg: &Config) -> StreamRouter {
     )
 }
 
-/// The dead-letter directory and the cap on raw bytes kept per letter.
-pub fn dead_letter_dir(cfg: &Config) -> (&std::path::Path, usize) {
+/// The dead-letter directory and the cap on raw bytes kept per letter; `None` when dead
+/// letters go to a Kafka topic ([`dead_letter_kafka`]).
+pub fn dead_letter_dir(cfg: &Config) -> Option<(&std::path::Path, usize)> {
     match &cfg.dead_letter {
         config::DeadLetterConfig::Directory {
             path,
             max_record_bytes,
-        } => (path.as_path(), *max_record_bytes),
+        } => Some((path.as_path(), *max_record_bytes)),
+        config::DeadLetterConfig::Kafka { .. } => None,
     }
+}
+
+/// The dead-letter topic with the buffer's connection settings (secrets resolved).
+#[derive(Debug, Clone)]
+pub struct KafkaDeadLetters {
+    /// The buffer's connection settings (its topics are not used).
+    pub connection: bridge_buffer::kafka::KafkaBufferConfig,
+    /// The dead-letter topic.
+    pub topic: String,
+    /// The consumer group `dead-letter list`/`redrive` track their progress with:
+    /// `{buffer.group_id}-dead-letter-redrive`.
+    pub redrive_group: String,
+    /// The cap on raw bytes kept per letter.
+    pub max_record_bytes: usize,
+}
+
+/// The Kafka dead-letter destination, or `None` when dead letters go to a directory.
+/// Validation guarantees `buffer.type: kafka` with it.
+pub fn dead_letter_kafka(cfg: &Config, env: &dyn Env) -> anyhow::Result<Option<KafkaDeadLetters>> {
+    let config::DeadLetterConfig::Kafka {
+        topic,
+        max_record_bytes,
+    } = &cfg.dead_letter
+    else {
+        return Ok(None);
+    };
+    let config::BufferConfig::Kafka(kafka) = &cfg.buffer else {
+        anyhow::bail!("dead_letter.type kafka needs buffer.type kafka");
+    };
+    Ok(Some(KafkaDeadLetters {
+        connection: kafka_buffer_config(kafka, cfg, env)?,
+        topic: topic.clone(),
+        redrive_group: format!("{}-dead-letter-redrive", kafka.group_id),
+        max_record_bytes: *max_record_bytes,
+    }))
 }
 
 /// The Kafka buffer's configuration, with its secrets resolved. Event Hubs' Kafka endpoint

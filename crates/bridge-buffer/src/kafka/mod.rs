@@ -52,6 +52,15 @@
 //!   [`BufferError::CorruptRecord`] (seq = its Kafka offset) and is never acknowledged, so its
 //!   partition's commit stops there until an operator acts; the resume scan ignores it.
 //!
+//! ## Other topics: [`TopicWriter`] and [`TopicReader`]
+//!
+//! For the bridge's dead-letter topic, over the same connection settings:
+//! [`TopicWriter::send`] resolves once every message is acknowledged (same producer
+//! guarantees as appends; waits while brokers are unreachable), and [`TopicReader`] reads a
+//! topic from a consumer group's committed offsets up to the high watermarks taken at
+//! connect, committing (synchronously, without joining the group) only when the caller
+//! says a batch is processed. Both check at connect that the topic exists.
+//!
 //! ## Azure Event Hubs
 //!
 //! Kafka endpoint `NAMESPACE.servicebus.windows.net:9093`, [`SecurityProtocol::SaslSsl`],
@@ -69,6 +78,8 @@ mod codec;
 mod config;
 mod lanes;
 mod resume;
+mod topic_reader;
+mod topic_writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,12 +100,15 @@ pub use config::{
     GUARANTEED_PROPERTIES, KafkaBufferConfig, KafkaSecurity, SaslMechanism, SecurityProtocol,
 };
 
+pub use topic_reader::{TopicMessage, TopicReader};
+pub use topic_writer::TopicWriter;
+
 use crate::{Buffer, BufferError, Depth, Entry, Position, Record};
 
 use lanes::Lanes;
 
 /// How long an append sleeps before retrying when librdkafka's producer queue is full.
-const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+pub(crate) const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 /// How often the same consumer error is logged again while it persists.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the depth is refreshed from the brokers.
@@ -102,7 +116,7 @@ const DEPTH_REFRESH: Duration = Duration::from_secs(2);
 /// Record size assumed for the depth's byte estimate before any record was seen.
 const DEFAULT_RECORD_BYTES: u64 = 1536;
 /// librdkafka's default `message.max.bytes`, used when `extra` does not set it.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+pub(crate) const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// A [`Buffer`] over a Kafka topic. See the [module docs](self) for its guarantees.
 #[derive(Debug, Clone)]
@@ -300,7 +314,7 @@ impl KafkaBuffer {
 }
 
 /// The producer's properties: idempotent, `acks=all`, never timing out a message.
-fn producer_config(base: &ClientConfig, config: &KafkaBufferConfig) -> ClientConfig {
+pub(crate) fn producer_config(base: &ClientConfig, config: &KafkaBufferConfig) -> ClientConfig {
     let mut pc = base.clone();
     pc.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -372,7 +386,7 @@ fn partition_count(
 }
 
 /// Runs blocking librdkafka work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BufferError> + Send + 'static,
 ) -> Result<T, BufferError> {
     tokio::task::spawn_blocking(f)
@@ -380,7 +394,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| BufferError::Failed(format!("blocking kafka task panicked: {e}")))?
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep going.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -903,7 +917,7 @@ fn decode_entry(m: &impl Message) -> Result<Entry, (u32, u64, &'static str)> {
     })
 }
 
-fn is_no_offset(e: &KafkaError) -> bool {
+pub(crate) fn is_no_offset(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset)
 }
 
@@ -942,7 +956,7 @@ impl Buffer for KafkaBuffer {
 
 /// Routes librdkafka's logs and errors to `tracing`.
 #[derive(Debug, Clone, Copy)]
-struct LogContext;
+pub(crate) struct LogContext;
 
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {

@@ -448,6 +448,8 @@ pub enum ManagedIdentityId {
 pub enum DeadLetterType {
     /// Files in a directory.
     Directory,
+    /// A Kafka topic on the buffer's cluster (only with `buffer.type: kafka`).
+    Kafka,
 }
 
 /// Validated `dead_letter:`.
@@ -458,6 +460,14 @@ pub enum DeadLetterConfig {
     Directory {
         /// Directory (absolute).
         path: PathBuf,
+        /// Largest record kept.
+        max_record_bytes: usize,
+    },
+    /// Messages in a Kafka topic on the buffer's cluster, with the buffer's connection
+    /// settings (`buffer.type: kafka` only).
+    Kafka {
+        /// The topic (must exist).
+        topic: String,
         /// Largest record kept.
         max_record_bytes: usize,
     },

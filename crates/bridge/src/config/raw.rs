@@ -113,6 +113,15 @@ pub(crate) const fn default_retry_max_secs() -> u64 {
 pub(crate) const fn default_dead_letter_path() -> &'static str {
     "/var/lib/falcon-sentinel-bridge/dead-letter"
 }
+/// The dead-letter topic of `dead_letter.type: kafka`.
+pub(crate) const fn default_dead_letter_topic() -> &'static str {
+    "falcon-dead-letters"
+}
+/// 512 KiB per record in a dead-letter topic: a letter (JSON, the raw bytes maybe base64)
+/// must fit Kafka's default 1 MB message limit, which Event Hubs does not raise.
+pub(crate) const fn default_kafka_dead_letter_max_record_bytes() -> u64 {
+    512 * 1024
+}
 /// 1 MiB per dead-letter record: the Logs Ingestion API refuses larger calls anyway.
 pub(crate) const fn default_dead_letter_max_record_bytes() -> u64 {
     1024 * 1024
@@ -512,12 +521,15 @@ pub(crate) struct RawCredential {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDeadLetter {
-    /// directory (the only kind so far).
+    /// directory (default) or kafka.
     #[serde(rename = "type", default)]
     pub(crate) kind: Option<DeadLetterType>,
-    /// Directory (absolute).
+    /// directory: the directory (absolute).
     #[serde(default)]
     pub(crate) path: Option<String>,
+    /// kafka: the topic.
+    #[serde(default)]
+    pub(crate) topic: Option<String>,
     /// Largest record kept; a longer payload is truncated and flagged.
     #[serde(default)]
     pub(crate) max_record_bytes: Option<u64>,

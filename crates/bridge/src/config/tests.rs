@@ -739,6 +739,62 @@ fn kafka_and_event_hubs_rules() {
 }
 
 #[test]
+fn kafka_dead_letter_topic_rules() {
+    let kafka = MIN.to_owned() + "buffer:\n  type: kafka\n  brokers: [kafka-0:9092]\n";
+    // Default: a directory, even with the Kafka buffer.
+    assert!(matches!(
+        ok(&kafka).dead_letter,
+        DeadLetterConfig::Directory { .. }
+    ));
+    let config = ok(&(kafka.clone() + "dead_letter:\n  type: kafka\n"));
+    assert_eq!(
+        config.dead_letter,
+        DeadLetterConfig::Kafka {
+            topic: "falcon-dead-letters".to_owned(),
+            max_record_bytes: 512 * 1024,
+        }
+    );
+    let config = ok(&(kafka.clone()
+        + "dead_letter:\n  type: kafka\n  topic: dlq.falcon\n  max_record_bytes: 4096\n"));
+    assert_eq!(
+        config.dead_letter,
+        DeadLetterConfig::Kafka {
+            topic: "dlq.falcon".to_owned(),
+            max_record_bytes: 4096,
+        }
+    );
+
+    // Only with the Kafka buffer, said with a hint.
+    let error = single(&(MIN.to_owned() + "dead_letter:\n  type: kafka\n"));
+    assert_eq!(error.path, "dead_letter.type");
+    assert!(error.message.contains("buffer.type: kafka"), "{error}");
+    assert!(
+        error
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("directory")),
+        "{error}"
+    );
+
+    // The topic is a valid Kafka name, distinct from the buffer's topics.
+    for topic in ["falcon-events", "falcon-events-checkpoints"] {
+        let error =
+            single(&(kafka.clone() + &format!("dead_letter:\n  type: kafka\n  topic: {topic}\n")));
+        assert_eq!(error.path, "dead_letter.topic");
+        assert!(error.message.contains("buffer.topic"), "{error}");
+    }
+    let error = single(&(kafka.clone() + "dead_letter:\n  type: kafka\n  topic: \"bad topic\"\n"));
+    assert_eq!(error.path, "dead_letter.topic");
+
+    // Keys of the other kind are named.
+    let error = single(&(kafka.clone() + "dead_letter:\n  type: kafka\n  path: /x\n"));
+    assert_eq!(error.path, "dead_letter.path");
+    let error = single(&(kafka + "dead_letter:\n  topic: t\n"));
+    assert_eq!(error.path, "dead_letter.topic");
+    assert!(error.message.contains("directory"), "{error}");
+}
+
+#[test]
 fn kafka_static_membership_and_librdkafka_options() {
     let base = MIN.to_owned() + "buffer:\n  type: kafka\n  brokers: [kafka-0:9092]\n";
     let config = ok(&(base.clone()

@@ -294,7 +294,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<Issue>> {
         falcon.as_ref().map(|f| f.max_event_bytes),
     );
     let sentinel = sentinel(&mut v, raw.sentinel);
-    let dead_letter = dead_letter(&mut v, &raw.dead_letter);
+    let dead_letter = dead_letter(&mut v, &raw.dead_letter, buffer.as_ref());
 
     let listen = raw.admin.listen.parse::<SocketAddr>().ok();
     if listen.is_none() {
@@ -1209,27 +1209,76 @@ fn managed_identity(v: &mut Issues, raw: RawCredential) -> CredentialConfig {
     CredentialConfig::ManagedIdentity { id }
 }
 
-fn dead_letter(v: &mut Issues, raw: &RawDeadLetter) -> DeadLetterConfig {
-    // `directory` is the only kind; matching keeps the compiler's help when one is added.
-    match raw.kind.unwrap_or(super::model::DeadLetterType::Directory) {
+fn dead_letter(
+    v: &mut Issues,
+    raw: &RawDeadLetter,
+    buffer: Option<&BufferConfig>,
+) -> DeadLetterConfig {
+    let kind = raw.kind.unwrap_or(super::model::DeadLetterType::Directory);
+    let default_max = match kind {
+        super::model::DeadLetterType::Directory => raw::default_dead_letter_max_record_bytes(),
+        super::model::DeadLetterType::Kafka => raw::default_kafka_dead_letter_max_record_bytes(),
+    };
+    let max = to_usize(v.range(
+        "dead_letter.max_record_bytes",
+        raw.max_record_bytes.unwrap_or(default_max),
+        1024,
+        256 * 1024 * 1024,
+        "between 1 KiB and 256 MiB",
+    ));
+    match kind {
         super::model::DeadLetterType::Directory => {
+            v.foreign_keys(
+                "dead_letter",
+                "directory",
+                "path, max_record_bytes",
+                &[(raw.topic.is_some(), "dead_letter.topic")],
+            );
             let path = v.absolute_path(
                 "dead_letter.path",
                 raw.path
                     .as_deref()
                     .unwrap_or(raw::default_dead_letter_path()),
             );
-            let max = v.range(
-                "dead_letter.max_record_bytes",
-                raw.max_record_bytes
-                    .unwrap_or(raw::default_dead_letter_max_record_bytes()),
-                1024,
-                256 * 1024 * 1024,
-                "between 1 KiB and 256 MiB",
-            );
             DeadLetterConfig::Directory {
                 path,
-                max_record_bytes: to_usize(max),
+                max_record_bytes: max,
+            }
+        }
+        super::model::DeadLetterType::Kafka => {
+            v.foreign_keys(
+                "dead_letter",
+                "kafka",
+                "topic, max_record_bytes",
+                &[(raw.path.is_some(), "dead_letter.path")],
+            );
+            let topic = raw
+                .topic
+                .clone()
+                .unwrap_or_else(|| raw::default_dead_letter_topic().to_owned());
+            kafka_name(v, "dead_letter.topic", &topic);
+            match buffer {
+                Some(BufferConfig::Kafka(kafka))
+                    if topic == kafka.topic || topic == kafka.checkpoint_topic =>
+                {
+                    v.value(
+                        "dead_letter.topic",
+                        format!("`{topic}` is also buffer.topic or buffer.checkpoint_topic"),
+                        hint("dead letters need a topic of their own, e.g. `falcon-dead-letters`"),
+                    );
+                }
+                Some(BufferConfig::Disk(_)) => v.value(
+                    "dead_letter.type",
+                    "a Kafka dead-letter topic needs `buffer.type: kafka` \
+                        (it uses the buffer's brokers and security)",
+                    hint("use `dead_letter.type: directory` with a disk buffer"),
+                ),
+                // Fine; or the buffer section failed, with errors of its own.
+                Some(BufferConfig::Kafka(_)) | None => {}
+            }
+            DeadLetterConfig::Kafka {
+                topic,
+                max_record_bytes: max,
             }
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bridge_buffer::kafka::KafkaBuffer;
-use bridge_buffer::{Buffer, DiskBuffer, DiskBufferConfig};
+use bridge_buffer::{Buffer, BufferError, DiskBuffer, DiskBufferConfig};
 use falcon_stream::{FalconSource, SourceStats};
 use sentinel_ingest::IngestClient;
 use tokio_util::sync::CancellationToken;
@@ -49,11 +49,8 @@ pub async fn run(
     on_start: impl FnOnce(ServiceHandles) + Send,
 ) -> anyhow::Result<()> {
     let extra_ca_pems = read_extra_cas(&cfg)?;
-    let (dead_letter_dir, max_record_bytes) = crate::wiring::dead_letter_dir(&cfg);
-    let dead_letters = Arc::new(
-        DeadLetterWriter::open(dead_letter_dir, max_record_bytes)
-            .context("open the dead-letter directory")?,
-    );
+    let dead_letters =
+        DeadLetterWriter::from_config(&cfg, env).context("open the dead-letter destination")?;
     // The admin listener comes first: `/live` answers while the buffer is still opening
     // (a Kafka cluster can be unreachable for a long time), so Kubernetes does not restart
     // a process that is only waiting.
@@ -80,22 +77,10 @@ pub async fn run(
         admin: admin.clone(),
     };
     let result = match &cfg.buffer {
-        BufferConfig::Disk(disk) => {
-            let mut buffer_config = DiskBufferConfig::new(disk.path.clone());
-            buffer_config.max_bytes = disk.max_bytes;
-            // Opening recovers the file (redb repairs after a crash): blocking work.
-            let buffer = tokio::task::spawn_blocking(move || DiskBuffer::open(buffer_config))
-                .await
-                .context("open the disk buffer")?
-                .context("open the disk buffer")?;
-            run_with_buffer(cfg, stages, on_start, Arc::new(buffer)).await
-        }
+        BufferConfig::Disk(disk) => run_on_disk(&cfg, disk, &stages, on_start).await,
         BufferConfig::Kafka(kafka) => {
             let kafka_config = crate::wiring::kafka_buffer_config(kafka, &cfg, env)?;
-            match connect_kafka(kafka_config, &admin.readiness, &stages.shutdown).await {
-                Some(buffer) => run_with_buffer(cfg, stages, on_start, Arc::new(buffer)).await,
-                None => Ok(()),
-            }
+            run_on_kafka(&cfg, &kafka_config, &stages, on_start).await
         }
     };
     admin.cancel.cancel();
@@ -110,6 +95,110 @@ struct Admin {
     readiness: Arc<Readiness>,
     metrics: admin::MetricsSlot,
     cancel: CancellationToken,
+}
+
+/// Opens the disk buffer and runs the stages on it. When the buffer fails while running (a
+/// full or failing disk: redb refuses further writes after a failed commit), the stages
+/// stop in order and the buffer is reopened, with backoff, in this process: an outage of
+/// the disk costs delay, and a supervisor never sees a crash loop. Opening retries on I/O
+/// errors (e.g. still no space) the same way; a corrupt file is an error at once.
+async fn run_on_disk(
+    cfg: &Config,
+    disk: &crate::config::DiskBufferConfig,
+    stages: &Stages<'_>,
+    on_start: impl FnOnce(ServiceHandles) + Send,
+) -> anyhow::Result<()> {
+    let mut on_start = Some(on_start);
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let mut buffer_config = DiskBufferConfig::new(disk.path.clone());
+        buffer_config.max_bytes = disk.max_bytes;
+        // Opening recovers the file (redb repairs after a crash): blocking work.
+        let opened = tokio::task::spawn_blocking(move || DiskBuffer::open(buffer_config))
+            .await
+            .context("open the disk buffer")?;
+        let failure = match opened {
+            Ok(buffer) => {
+                wait = Duration::from_secs(1);
+                let start = |handles| {
+                    if let Some(f) = on_start.take() {
+                        f(handles);
+                    }
+                };
+                match run_with_buffer(cfg.clone(), stages, start, Arc::new(buffer)).await {
+                    Err(error) if buffer_failed(&error) => error,
+                    other => return other,
+                }
+            }
+            Err(error) if error.is_transient() => {
+                anyhow::Error::new(error).context("open the disk buffer")
+            }
+            Err(error) => return Err(error).context("open the disk buffer"),
+        };
+        error!(
+            error = format!("{failure:#}"),
+            retry_in_secs = wait.as_secs(),
+            path = %disk.path.display(),
+            "the disk buffer failed; reopening it (nothing acknowledged is lost: what was not durable was never acknowledged)"
+        );
+        stages
+            .admin
+            .readiness
+            .restarting(format!("disk buffer failed, reopening: {failure:#}"));
+        // The metrics hold a handle on the old buffer (its gauge): drop it, or the file
+        // stays locked and the reopen fails with "already open".
+        admin::clear_metrics(&stages.admin.metrics);
+        tokio::select! {
+            () = stages.shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(REOPEN_MAX_WAIT);
+    }
+}
+
+/// Connects the Kafka buffer and runs the stages on it; when the buffer fails for good
+/// (a fatal producer error: idempotence or the gapless guarantee broken), the stages stop
+/// in order and the buffer is connected again in this process, recovering its resume
+/// offsets from what Kafka holds.
+async fn run_on_kafka(
+    cfg: &Config,
+    kafka_config: &bridge_buffer::kafka::KafkaBufferConfig,
+    stages: &Stages<'_>,
+    on_start: impl FnOnce(ServiceHandles) + Send,
+) -> anyhow::Result<()> {
+    let mut on_start = Some(on_start);
+    let readiness = &stages.admin.readiness;
+    loop {
+        let Some(buffer) = connect_kafka(kafka_config.clone(), readiness, &stages.shutdown).await
+        else {
+            return Ok(());
+        };
+        let start = |handles| {
+            if let Some(f) = on_start.take() {
+                f(handles);
+            }
+        };
+        match run_with_buffer(cfg.clone(), stages, start, Arc::new(buffer)).await {
+            Err(error) if buffer_failed(&error) && !stages.shutdown.is_cancelled() => {
+                error!(
+                    error = format!("{error:#}"),
+                    "the Kafka buffer failed; connecting again"
+                );
+                readiness.restarting(format!("kafka buffer failed, reconnecting: {error:#}"));
+                admin::clear_metrics(&stages.admin.metrics);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a stage failed because the buffer did, in a way reopening may cure.
+fn buffer_failed(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<BufferError>()
+            .is_some_and(BufferError::is_transient)
+    })
 }
 
 /// What every stage needs besides the buffer.
@@ -152,18 +241,18 @@ async fn connect_kafka(
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(KAFKA_CONNECT_MAX_WAIT);
+        wait = (wait * 2).min(REOPEN_MAX_WAIT);
     }
     None
 }
 
-/// The longest wait between two attempts to open the Kafka buffer.
-const KAFKA_CONNECT_MAX_WAIT: Duration = Duration::from_secs(30);
+/// The longest wait between two attempts to open (or reopen) the buffer.
+const REOPEN_MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[allow(clippy::too_many_lines)]
 async fn run_with_buffer<B: Buffer>(
     cfg: Config,
-    stages: Stages<'_>,
+    stages: &Stages<'_>,
     on_start: impl FnOnce(ServiceHandles) + Send,
     buffer: Arc<B>,
 ) -> anyhow::Result<()> {
@@ -174,12 +263,15 @@ async fn run_with_buffer<B: Buffer>(
         extra_ca_pems,
         admin,
     } = stages;
-    let readiness = admin.readiness;
+    let env = *env;
+    let shutdown = shutdown.clone();
+    let dead_letters = Arc::clone(dead_letters);
+    let readiness = Arc::clone(&admin.readiness);
     readiness.set_buffer_open();
 
     let client = Arc::new(
         IngestClient::new(
-            crate::wiring::ingest_config(&cfg, &extra_ca_pems),
+            crate::wiring::ingest_config(&cfg, extra_ca_pems),
             crate::wiring::credential(&cfg, env)?,
         )
         .context("build the Logs Ingestion client")?,
@@ -205,7 +297,7 @@ async fn run_with_buffer<B: Buffer>(
     ));
     let source = Arc::new(
         FalconSource::new(
-            crate::wiring::source_config(&cfg, env, &extra_ca_pems)?,
+            crate::wiring::source_config(&cfg, env, extra_ca_pems)?,
             sink,
         )
         .context("build the Falcon source")?,
@@ -218,7 +310,7 @@ async fn run_with_buffer<B: Buffer>(
         Arc::clone(&client),
         crate::metrics::BufferGauge::new(&buffer),
     ));
-    let _ = admin.metrics.set(Arc::clone(&metrics));
+    admin::set_metrics(&admin.metrics, Arc::clone(&metrics));
 
     let source_cancel = CancellationToken::new();
     let writer_stop = CancellationToken::new();

@@ -66,6 +66,6 @@ impl<B: Buffer> EventSink for BufferSink<B> {
         self.dead_letters
             .write(vec![record])
             .await
-            .map_err(|error| SinkError::msg(format!("dead-letter directory: {error:#}")))
+            .map_err(|error| SinkError::msg(format!("dead-letter destination: {error:#}")))
     }
 }

@@ -227,9 +227,9 @@ impl<B: Buffer> Writer<B> {
             let count = letters.len() as u64;
             error!(
                 stream,
-                count, "azure refused records; they are in the dead-letter directory"
+                count, "azure refused records; they go to the dead-letter destination"
             );
-            // Fsynced before the ack below: "delivered or dead-lettered" survives a crash.
+            // Durable before the ack below: "delivered or dead-lettered" survives a crash.
             self.dead_letters.write(letters).await?;
             self.stats.dead_lettered.fetch_add(count, Ordering::Relaxed);
         }
