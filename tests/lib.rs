@@ -70,6 +70,9 @@ pub struct BridgeOptions {
     pub kafka_brokers: Option<String>,
     /// Kafka consumer `session.timeout.ms` (`buffer.librdkafka_options`), when set.
     pub kafka_session_timeout_ms: Option<u64>,
+    /// Authenticate to Azure as the testbench's user-assigned managed identity (spawn with
+    /// [`managed_identity_env`]) instead of with a client secret.
+    pub managed_identity: bool,
 }
 
 impl Default for BridgeOptions {
@@ -82,6 +85,7 @@ impl Default for BridgeOptions {
             admin_port: 0,
             kafka_brokers: None,
             kafka_session_timeout_ms: None,
+            managed_identity: false,
         }
     }
 }
@@ -108,11 +112,7 @@ pub fn write_config(tb: &Testbench, dir: &Path, options: &BridgeOptions) -> Path
   streams:
     EppDetectionSummaryEvent: Custom-FalconDetections
   credential:
-    type: client_secret
-    tenant_id: 00000000-0000-0000-0000-0000000000aa
-    client_id: {client}
-    client_secret: {{ env: AZURE_CLIENT_SECRET }}
-  authority_host: {base}
+{credential}  authority_host: {base}
   batch_linger_ms: {linger}
   max_concurrency: {concurrency}
   retry_initial_ms: 100
@@ -131,7 +131,17 @@ log:
 tls:
   extra_ca_files: [{ca}]
 ",
-        client = AZURE_CLIENT_ID,
+        credential = if options.managed_identity {
+            format!(
+                "    type: managed_identity\n    client_id: {}\n",
+                testbench::DEFAULT_MI_CLIENT_ID
+            )
+        } else {
+            format!(
+                "    type: client_secret\n    tenant_id: 00000000-0000-0000-0000-0000000000aa\n    \
+                 client_id: {AZURE_CLIENT_ID}\n    client_secret: {{ env: AZURE_CLIENT_SECRET }}\n"
+            )
+        },
         dir = dir.display(),
         buffer = match &options.kafka_brokers {
             None => format!(
@@ -374,4 +384,20 @@ pub fn spawn_bridge_with_env(
         .stderr(log)
         .spawn()
         .expect("spawn falcon-sentinel-bridge")
+}
+
+/// The environment Azure's App Service / Container Apps platform gives a process with a
+/// managed identity, pointing at the testbench's managed-identity endpoint.
+pub fn managed_identity_env(tb: &Testbench) -> Vec<(String, String)> {
+    let url = tb.url();
+    vec![
+        (
+            "IDENTITY_ENDPOINT".to_owned(),
+            format!("{}/msi/token", url.as_str().trim_end_matches('/')),
+        ),
+        (
+            "IDENTITY_HEADER".to_owned(),
+            testbench::MANAGED_IDENTITY_HEADER.to_owned(),
+        ),
+    ]
 }

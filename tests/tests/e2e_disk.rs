@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use e2e::{
-    BridgeOptions, eventually, free_port, log_tail, missing_event_ids, spawn_bridge, terminate,
-    testbench_config, write_config,
+    BridgeOptions, eventually, free_port, log_tail, managed_identity_env, missing_event_ids,
+    spawn_bridge, spawn_bridge_with_env, terminate, testbench_config, write_config,
 };
 use testbench::{Fault, MalformedKind, Target, Testbench};
 
@@ -291,4 +291,49 @@ fn run_cli(args: &[&str], config: &std::path::Path) -> std::process::Output {
         .env("AZURE_CLIENT_SECRET", "testbench-azure-secret")
         .output()
         .expect("run falcon-sentinel-bridge")
+}
+
+/// `credential.type: managed_identity` (user-assigned, by client id) through azure_identity's
+/// `ManagedIdentityCredential` over the App Service protocol (`IDENTITY_ENDPOINT` +
+/// `IDENTITY_HEADER`, the managed-identity source whose address a test can choose): every
+/// event arrives, the tokens come from the managed-identity endpoint (not the Entra token
+/// endpoint), and an expired token is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_credential_delivers_and_renews_its_token() {
+    let tb = testbench(1).await;
+    tb.falcon().append_events(0, 3_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &tb,
+        dir.path(),
+        &BridgeOptions {
+            managed_identity: true,
+            ..BridgeOptions::default()
+        },
+    );
+    let mut bridge = spawn_bridge_with_env(&config, dir.path(), 0, &managed_identity_env(&tb));
+    let delivered = eventually(Duration::from_mins(1), || missing_event_ids(&tb).is_empty()).await;
+    assert!(delivered, "log:\n{}", log_tail(dir.path(), 0));
+    let issued = tb.entra().tokens_issued();
+    assert!(issued >= 1, "no token was issued");
+    assert!(
+        tb.entra()
+            .audiences()
+            .iter()
+            .all(|a| a == "https://monitor.azure.com"),
+        "audiences: {:?}",
+        tb.entra().audiences()
+    );
+
+    // The cached token stops working: the bridge gets a new one from the endpoint.
+    tb.entra().expire_all_tokens();
+    tb.falcon().append_events(0, 1_000);
+    let delivered = eventually(Duration::from_mins(1), || missing_event_ids(&tb).is_empty()).await;
+    assert!(delivered, "log:\n{}", log_tail(dir.path(), 0));
+    assert!(
+        tb.entra().tokens_issued() > issued,
+        "no new token after the old one expired"
+    );
+    assert!(terminate(&mut bridge, Duration::from_secs(20)).success());
+    tb.shutdown().await;
 }

@@ -163,6 +163,12 @@ pub struct EntraConfig {
 pub const DEFAULT_AZURE_CLIENT_ID: &str = "testbench-azure-client";
 /// Secret of the default secret-based Entra client.
 pub const DEFAULT_AZURE_CLIENT_SECRET: &str = "testbench-azure-secret";
+/// Client id of the user-assigned managed identity the managed-identity endpoint
+/// (`GET /msi/token`, Azure's App Service protocol) issues tokens for; a GUID, as Azure's.
+pub const DEFAULT_MI_CLIENT_ID: &str = "7d3c5a1e-2b4f-4c6d-8e9f-0a1b2c3d4e5f";
+/// The secret the managed-identity endpoint expects in `X-IDENTITY-HEADER` (the platform
+/// injects it as `IDENTITY_HEADER`).
+pub const MANAGED_IDENTITY_HEADER: &str = "testbench-identity-header";
 /// Client id of the default federated (workload identity) Entra client.
 pub const DEFAULT_WI_CLIENT_ID: &str = "testbench-wi-client";
 /// Issuer of the default federated client.
@@ -268,6 +274,7 @@ impl Default for IngestionConfig {
             authorized_client_ids: vec![
                 DEFAULT_AZURE_CLIENT_ID.into(),
                 DEFAULT_WI_CLIENT_ID.into(),
+                DEFAULT_MI_CLIENT_ID.into(),
             ],
             max_body_bytes: 1_048_576,
         }

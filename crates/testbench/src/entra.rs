@@ -13,7 +13,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::config::{EntraConfig, EntraCredential};
+use crate::config::{DEFAULT_MI_CLIENT_ID, EntraConfig, EntraCredential, MANAGED_IDENTITY_HEADER};
 use crate::http::{self as h, Resp};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -275,8 +275,90 @@ impl EntraEmulator {
         self.issue(client_id, audience)
     }
 
+    /// `GET /msi/token?api-version=2019-08-01&resource=…[&client_id=…]`: the managed-identity
+    /// endpoint of App Service / Container Apps (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`), the
+    /// one protocol of azure_identity's `ManagedIdentityCredential` whose address a test can
+    /// choose (IMDS is fixed at 169.254.169.254). Tokens are those of [`Self::issue`], so the
+    /// ingestion emulator authorizes them the same way; the identity is the user-assigned
+    /// [`DEFAULT_MI_CLIENT_ID`] (also when none is named: the system-assigned identity).
+    pub(crate) fn managed_identity(&self, req: &Request<Incoming>) -> Resp {
+        self.lock().requests += 1;
+        let bad = |status: StatusCode, message: &str| {
+            h::json(
+                status,
+                &json!({"statusCode": status.as_u16(), "message": message}),
+            )
+        };
+        if req
+            .headers()
+            .get("x-identity-header")
+            .and_then(|v| v.to_str().ok())
+            != Some(MANAGED_IDENTITY_HEADER)
+        {
+            return bad(
+                StatusCode::UNAUTHORIZED,
+                "X-IDENTITY-HEADER is missing or wrong",
+            );
+        }
+        let query: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("api-version") != Some("2019-08-01") {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "api-version 2019-08-01 is required",
+            );
+        }
+        let Some(resource) = get("resource").map(|r| r.trim_end_matches('/')) else {
+            return bad(StatusCode::BAD_REQUEST, "resource is required");
+        };
+        match get("client_id") {
+            None => {}
+            Some(id) if id == DEFAULT_MI_CLIENT_ID => {}
+            Some(_) => {
+                // What Azure answers for an identity not assigned to the resource.
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "No managed identity found for the specified client id",
+                );
+            }
+        }
+        let token = self.mint(DEFAULT_MI_CLIENT_ID, resource);
+        let expires_on = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + self.config.token_lifetime_secs;
+        h::json(
+            StatusCode::OK,
+            &json!({
+                "access_token": token,
+                "expires_on": expires_on.to_string(),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": DEFAULT_MI_CLIENT_ID,
+            }),
+        )
+    }
+
     /// Remember and return a new token for `client_id` and `audience`.
     fn issue(&self, client_id: &str, audience: &str) -> Resp {
+        let token = self.mint(client_id, audience);
+        let lifetime = self.config.token_lifetime_secs;
+        h::json(
+            StatusCode::OK,
+            &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
+        )
+    }
+
+    /// Remembers a new token for `client_id` and `audience` and returns it.
+    fn mint(&self, client_id: &str, audience: &str) -> String {
         let token = {
             let mut bytes = [0u8; 32];
             bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -304,10 +386,7 @@ impl EntraEmulator {
             }
             s.audiences.push(audience.to_owned());
         }
-        h::json(
-            StatusCode::OK,
-            &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
-        )
+        token
     }
 }
 

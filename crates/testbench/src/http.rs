@@ -180,6 +180,7 @@ enum Route {
     Feed(String),
     Refresh(String),
     Entra(String),
+    ManagedIdentity,
     Ingestion(String, String),
     Ledger,
     Faults,
@@ -199,6 +200,7 @@ fn classify(method: &Method, path: &str) -> Route {
             Route::Refresh((*p).to_owned())
         }
         (&Method::POST, [tenant, "oauth2", "v2.0", "token"]) => Route::Entra((*tenant).to_owned()),
+        (&Method::GET, ["msi", "token"]) => Route::ManagedIdentity,
         (&Method::POST, ["dataCollectionRules", dcr, "streams", stream]) => {
             Route::Ingestion((*dcr).to_owned(), (*stream).to_owned())
         }
@@ -215,7 +217,7 @@ fn target_of(route: &Route) -> Option<Target> {
         Route::Discover => Target::FalconDiscover,
         Route::Feed(_) => Target::FalconFeed,
         Route::Refresh(_) => Target::FalconRefresh,
-        Route::Entra(_) => Target::Entra,
+        Route::Entra(_) | Route::ManagedIdentity => Target::Entra,
         Route::Ingestion(..) => Target::Ingestion,
         _ => return None,
     })
@@ -260,6 +262,7 @@ async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Resp, BoxErr
         Route::Feed(p) => crate::falcon::feed(&inner, &req, &p),
         Route::Refresh(p) => crate::falcon::refresh(&inner, &req, &p),
         Route::Entra(tenant) => inner.entra.token(&tenant, req).await,
+        Route::ManagedIdentity => inner.entra.managed_identity(&req),
         Route::Ingestion(dcr, stream) => inner.ingestion.handle(&inner, &dcr, &stream, req).await,
         Route::Ledger => json(
             StatusCode::OK,

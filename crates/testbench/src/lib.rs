@@ -54,8 +54,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    ColumnType, EntraClient, EntraConfig, EntraCredential, FalconConfig, IngestionConfig,
-    LineEnding, StreamDeclaration, TestbenchConfig, customer_id_for_seed,
+    ColumnType, DEFAULT_MI_CLIENT_ID, EntraClient, EntraConfig, EntraCredential, FalconConfig,
+    IngestionConfig, LineEnding, MANAGED_IDENTITY_HEADER, StreamDeclaration, TestbenchConfig,
+    customer_id_for_seed,
 };
 pub use entra::EntraEmulator;
 pub use falcon::{FalconEmulator, FalconStats};

@@ -1447,3 +1447,54 @@ async fn session_expires_on_time_even_while_the_reader_is_blocked() {
     assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
     tb.shutdown().await;
 }
+
+#[tokio::test]
+async fn managed_identity_endpoint_speaks_the_app_service_protocol() {
+    let (tb, c) = start(small(0)).await;
+    let url = format!("{}msi/token", tb.url());
+    let get = |query: &'static str, header: Option<&'static str>| {
+        let mut req = c.get(format!("{url}?{query}"));
+        if let Some(h) = header {
+            req = req.header("X-IDENTITY-HEADER", h);
+        }
+        req.send()
+    };
+    let resource = "api-version=2019-08-01&resource=https%3A%2F%2Fmonitor.azure.com";
+    let ok = get(resource, Some(testbench::MANAGED_IDENTITY_HEADER))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["resource"], "https://monitor.azure.com");
+    let expires: u64 = body["expires_on"].as_str().unwrap().parse().unwrap();
+    assert!(
+        expires > 1_700_000_000,
+        "epoch seconds as a string: {expires}"
+    );
+    assert!(body["access_token"].as_str().is_some_and(|t| t.len() > 20));
+
+    for (query, header, status) in [
+        (resource, None, 401),
+        (resource, Some("wrong"), 401),
+        (
+            "api-version=2017-09-01&resource=https%3A%2F%2Fmonitor.azure.com",
+            Some(testbench::MANAGED_IDENTITY_HEADER),
+            400,
+        ),
+        (
+            "api-version=2019-08-01",
+            Some(testbench::MANAGED_IDENTITY_HEADER),
+            400,
+        ),
+        (
+            "api-version=2019-08-01&resource=https%3A%2F%2Fmonitor.azure.com&client_id=00000000-0000-0000-0000-000000000000",
+            Some(testbench::MANAGED_IDENTITY_HEADER),
+            400,
+        ),
+    ] {
+        let resp = get(query, header).await.unwrap();
+        assert_eq!(resp.status(), status, "{query} {header:?}");
+    }
+    tb.shutdown().await;
+}
