@@ -683,7 +683,9 @@ fn kafka_buffer(v: &mut Issues, raw: RawBuffer) -> Option<BufferConfig> {
     let mut librdkafka_options = BTreeMap::new();
     for (key, value) in raw.librdkafka_options.unwrap_or_default() {
         let path = format!("buffer.librdkafka_options.{key}");
-        if RESERVED_LIBRDKAFKA_OPTIONS.contains(&key.as_str()) {
+        if bridge_buffer::kafka::GUARANTEED_PROPERTIES.contains(&key.as_str())
+            || OWN_KEY_LIBRDKAFKA_OPTIONS.contains(&key.as_str())
+        {
             v.key(
                 &path,
                 format!("`{key}` is set by the bridge and cannot be overridden"),
@@ -714,21 +716,11 @@ fn kafka_buffer(v: &mut Issues, raw: RawBuffer) -> Option<BufferConfig> {
     }))
 }
 
-/// librdkafka properties `buffer.librdkafka_options` may not set: the delivery guarantee
-/// rests on them (the buffer refuses them too), or a key of our own sets them.
-const RESERVED_LIBRDKAFKA_OPTIONS: &[&str] = &[
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "message.timeout.ms",
-    "delivery.timeout.ms",
-    "enable.gapless.guarantee",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "group.id",
+/// librdkafka properties `buffer.librdkafka_options` may not set besides the buffer's
+/// `GUARANTEED_PROPERTIES` (the delivery guarantee rests on those): a key of our own sets
+/// them, or the bridge's behaviour does (`auto.offset.reset=earliest`: never skip records).
+const OWN_KEY_LIBRDKAFKA_OPTIONS: &[&str] = &[
     "group.instance.id",
-    "bootstrap.servers",
-    "isolation.level",
     "security.protocol",
     "auto.offset.reset",
 ];
