@@ -7,9 +7,19 @@ pub use crate::config::LogFormat;
 
 /// Installs the global subscriber. Safe to call more than once: later calls are ignored.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Only ASCII reaches the directive parser: tracing-subscriber 0.3 panics on a multi-byte
+    // character in a filter (found by fuzzing `log.level`, which `validate` checks too).
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|v| v.is_ascii())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| {
+            level
+                .is_ascii()
+                .then(|| EnvFilter::try_new(level).ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);

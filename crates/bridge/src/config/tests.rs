@@ -926,6 +926,10 @@ fn empty_sections_take_defaults_and_other_shapes_are_explained() {
         (error.line, error.column, error.path.as_str()),
         (10, 15, "log.level")
     );
+    // tracing-subscriber's parser panics on a multi-byte character (fuzz finding): an error.
+    let error = single(&(MIN.to_owned() + "log: { level: 'z}[\u{18e}{{a' }\n"));
+    assert_eq!(error.path, "log.level");
+    assert!(error.message.contains("ASCII"), "{error}");
 }
 
 /// `MIN` with a `client_certificate` credential; `password` is the extra last line, if any.

@@ -325,7 +325,15 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<Issue>> {
         "one record every 10 s to 1 day",
     );
 
-    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+    // tracing-subscriber 0.3's directive parser slices by byte and panics on a multi-byte
+    // character (found by the `config` fuzz target): only ASCII reaches it.
+    if !raw.log.level.is_ascii() {
+        v.value(
+            "log.level",
+            "a log filter is ASCII: targets, levels and span fields",
+            hint("e.g. `info` or `info,falcon_stream=debug`"),
+        );
+    } else if let Err(error) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
         v.value(
             "log.level",
             format!("`{}` is not a log filter: {error}", raw.log.level),
