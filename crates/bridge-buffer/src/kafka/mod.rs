@@ -106,6 +106,7 @@ pub use topic_writer::TopicWriter;
 use crate::{Buffer, BufferError, Depth, Entry, Position, Record};
 
 use lanes::Lanes;
+use topic_writer::topic_partitions;
 
 /// How long an append sleeps before retrying when librdkafka's producer queue is full.
 pub(crate) const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
@@ -247,8 +248,8 @@ impl KafkaBuffer {
             let (topic, ckpt) = (config.topic.clone(), config.checkpoint_topic.clone());
             blocking(move || {
                 Ok((
-                    partition_count(&consumer, &topic, &brokers, timeout)?,
-                    partition_count(&consumer, &ckpt, &brokers, timeout)?,
+                    topic_partitions(consumer.client(), &topic, &brokers, timeout)?,
+                    topic_partitions(consumer.client(), &ckpt, &brokers, timeout)?,
                 ))
             })
             .await?
@@ -354,35 +355,6 @@ fn consumer_config(base: &ClientConfig, config: &KafkaBufferConfig) -> ClientCon
 /// Half of `max_bytes`, in KiB: the producer queue and the consumer prefetch each get that.
 fn queue_kbytes(config: &KafkaBufferConfig) -> u64 {
     (config.max_bytes / 2 / 1024).max(1)
-}
-
-/// Number of partitions of `topic`, or an error naming the topic and the brokers.
-fn partition_count(
-    consumer: &GroupConsumer,
-    topic: &str,
-    brokers: &str,
-    timeout: Duration,
-) -> Result<i32, BufferError> {
-    let unusable = |reason: String| BufferError::KafkaTopic {
-        topic: topic.to_owned(),
-        brokers: brokers.to_owned(),
-        reason,
-    };
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| unusable(format!("metadata request failed: {e}")))?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .ok_or_else(|| unusable("not in the metadata response".into()))?;
-    if let Some(err) = t.error() {
-        return Err(unusable(format!("{:?}", RDKafkaErrorCode::from(err))));
-    }
-    if t.partitions().is_empty() {
-        return Err(unusable("topic has no partitions (does it exist?)".into()));
-    }
-    i32::try_from(t.partitions().len()).map_err(|_| unusable("too many partitions".into()))
 }
 
 /// Runs blocking librdkafka work off the async workers.
