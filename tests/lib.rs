@@ -73,6 +73,8 @@ pub struct BridgeOptions {
     /// Authenticate to Azure as the testbench's user-assigned managed identity (spawn with
     /// [`managed_identity_env`]) instead of with a client secret.
     pub managed_identity: bool,
+    /// The Kafka buffer's `security:` section, YAML indented by four spaces under it.
+    pub kafka_security: Option<String>,
 }
 
 impl Default for BridgeOptions {
@@ -86,6 +88,7 @@ impl Default for BridgeOptions {
             kafka_brokers: None,
             kafka_session_timeout_ms: None,
             managed_identity: false,
+            kafka_security: None,
         }
     }
 }
@@ -150,11 +153,15 @@ tls:
                 options.buffer_max_bytes
             ),
             Some(brokers) => format!(
-                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n{}",
+                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n{}{}",
                 options.kafka_session_timeout_ms.map_or_else(String::new, |ms| format!(
                     "  librdkafka_options:\n    session.timeout.ms: {ms}\n    heartbeat.interval.ms: {}\n",
                     (ms / 4).max(100)
-                ))
+                )),
+                options
+                    .kafka_security
+                    .as_ref()
+                    .map_or_else(String::new, |s| format!("  security:\n{s}")),
             ),
         },
         linger = options.batch_linger_ms,
@@ -241,6 +248,7 @@ pub fn free_port() -> u16 {
 pub struct Tansu {
     child: Option<Child>,
     port: u16,
+    advertised_port: u16,
     db: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -265,10 +273,19 @@ impl Tansu {
 
     /// Starts a broker on a free loopback port with a fresh sqlite file.
     pub fn start() -> Tansu {
+        let port = free_port();
+        Self::start_advertising(port, port)
+    }
+
+    /// Starts a broker on loopback `port` that names `127.0.0.1:advertised_port` in its
+    /// metadata: clients that bootstrap through a front (the testbench's Event Hubs
+    /// emulator) keep connecting through it.
+    pub fn start_advertising(port: u16, advertised_port: u16) -> Tansu {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut tansu = Tansu {
             child: None,
-            port: free_port(),
+            port,
+            advertised_port,
             db: dir.path().join("tansu.db"),
             _dir: dir,
         };
@@ -278,6 +295,7 @@ impl Tansu {
 
     fn launch(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         // tansu 0.6 reads `sqlite://PATH` as relative to its working directory (an absolute
         // `sqlite:///x` loses its leading slash), so run it in the database's directory.
         let dir = self.db.parent().expect("the database lives in a directory");
@@ -291,7 +309,12 @@ impl Tansu {
             .current_dir(dir)
             .args(["broker", "--storage-engine"])
             .arg(format!("sqlite://{}", Path::new(name).display()))
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .stdin(Stdio::null())
             .env(
                 "RUST_LOG",

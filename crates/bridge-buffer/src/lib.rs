@@ -41,7 +41,10 @@ pub mod record;
 
 pub use disk::{DiskBuffer, DiskBufferConfig};
 #[cfg(feature = "kafka")]
-pub use kafka::{KafkaBuffer, KafkaBufferConfig, KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use kafka::{
+    KafkaBuffer, KafkaBufferConfig, KafkaSecurity, OAuthBearerToken, OAuthTokenSource,
+    SaslMechanism, SecurityProtocol,
+};
 pub use record::{Depth, Entry, Position, Record};
 
 /// A durable, ordered buffer of Falcon events with contiguous-prefix acknowledgement.

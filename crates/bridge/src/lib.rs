@@ -16,7 +16,8 @@
 //! - [`config`]: the YAML schema, interpolation, validation with locations, secrets.
 //! - [`pipeline`]: the running service; [`pipeline::sink`] (Falcon → buffer),
 //!   [`pipeline::writer`] (buffer → Sentinel), [`pipeline::router`] (eventType → stream).
-//! - [`wiring`]: validated config → each library's configuration.
+//! - [`wiring`]: validated config → each library's configuration; [`kafka_oauth`]: Entra
+//!   tokens for the Kafka buffer's OAUTHBEARER.
 //! - [`admin`], [`metrics`], [`health`], [`telemetry`]: operations.
 //! - [`dead_letter`], [`redrive`]: the dead-letter directory and `dead-letter redrive`.
 //! - [`demo`]: the whole pipeline against the in-process testbench.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod demo;
 pub mod health;
+pub mod kafka_oauth;
 pub mod metrics;
 mod output;
 pub mod pipeline;

@@ -204,6 +204,27 @@ pub fn dead_letter_kafka(cfg: &Config, env: &dyn Env) -> anyhow::Result<Option<K
     }))
 }
 
+/// OAUTHBEARER tokens for `scope`, of `sentinel.credential`'s identity, through the same
+/// authority host and extra CAs as the Logs Ingestion client. Needs a tokio runtime.
+fn kafka_oauth_tokens(
+    cfg: &Config,
+    env: &dyn Env,
+    scope: &str,
+) -> anyhow::Result<crate::kafka_oauth::EntraKafkaTokens> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .context("OAUTHBEARER tokens are fetched on the tokio runtime; none is running")?;
+    let extra_ca_pems = crate::pipeline::read_extra_cas(cfg)?;
+    let source = sentinel_ingest::EntraTokenSource::new(
+        credential(cfg, env)?,
+        scope,
+        &extra_ca_pems,
+        Some(&cfg.sentinel.authority_host),
+        cfg.sentinel.request_timeout,
+    )
+    .context("build the Entra credential for Kafka OAUTHBEARER")?;
+    Ok(crate::kafka_oauth::EntraKafkaTokens::new(source, runtime))
+}
+
 /// The Kafka buffer's configuration, with its secrets resolved. Event Hubs' Kafka endpoint
 /// takes SASL PLAIN with the user `$ConnectionString` and the connection string as password.
 pub fn kafka_buffer_config(
@@ -245,6 +266,10 @@ pub fn kafka_buffer_config(
         out.security.username = Some("$ConnectionString".to_owned());
         out.security.password = Some(secret.expose().to_owned());
         out.security.sasl_mechanism = Some(SaslMechanism::Plain);
+    }
+    if let Some(scope) = &security.oauth_scope {
+        out.security.oauth_token_source =
+            Some(std::sync::Arc::new(kafka_oauth_tokens(cfg, env, scope)?));
     }
     out.security
         .ca_pem_files

@@ -298,31 +298,45 @@ fn parse_error(headers: &Headers, body: &[u8]) -> (Option<String>, Option<String
     (header_code.or(body_code), message)
 }
 
+/// The HTTP transport (trusting `extra_ca_pems`, no redirects) and, when `authority_host` is
+/// set, the cloud configuration that points credentials at it.
+pub(crate) fn http_transport(
+    extra_ca_pems: &[Vec<u8>],
+    authority_host: Option<&Url>,
+    request_timeout: Duration,
+) -> Result<(Transport, Option<Arc<CloudConfiguration>>), IngestError> {
+    let mut http = reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none());
+    for pem in extra_ca_pems {
+        for cert in
+            reqwest::Certificate::from_pem_bundle(pem).map_err(IngestError::CaCertificate)?
+        {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    let http = http.build().map_err(IngestError::HttpClient)?;
+    let cloud = authority_host.map(|host| {
+        let mut custom = CustomConfiguration::default();
+        host.as_str()
+            .trim_end_matches('/')
+            .clone_into(&mut custom.authority_host);
+        Arc::new(CloudConfiguration::from(custom))
+    });
+    Ok((Transport::new(Arc::new(http)), cloud))
+}
+
 impl IngestClient {
     /// Builds the HTTP client, credential and pipeline. Does no network IO (a workload
     /// identity credential reads its token file).
     pub fn new(config: IngestConfig, credential: CredentialSpec) -> Result<Self, IngestError> {
         config.validate()?;
-        let mut http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none());
-        for pem in &config.extra_ca_pems {
-            for cert in
-                reqwest::Certificate::from_pem_bundle(pem).map_err(IngestError::CaCertificate)?
-            {
-                http = http.add_root_certificate(cert);
-            }
-        }
-        let http = http.build().map_err(IngestError::HttpClient)?;
-        let transport = Transport::new(Arc::new(http));
-        let cloud = config.authority_host.as_ref().map(|host| {
-            let mut custom = CustomConfiguration::default();
-            host.as_str()
-                .trim_end_matches('/')
-                .clone_into(&mut custom.authority_host);
-            Arc::new(CloudConfiguration::from(custom))
-        });
+        let (transport, cloud) = http_transport(
+            &config.extra_ca_pems,
+            config.authority_host.as_ref(),
+            config.request_timeout,
+        )?;
         let credential = Arc::new(
             ResettableCredential::new(
                 credential,

@@ -272,3 +272,80 @@ impl TokenCredential for ResettableCredential {
         inner.get_token(scopes, options).await
     }
 }
+
+/// Tokens of one Entra identity for a resource other than the Logs Ingestion API: the
+/// bridge's Kafka buffer on Azure Event Hubs authenticates with OAUTHBEARER and a token for
+/// `https://NAMESPACE.servicebus.windows.net/.default`. Same credential kinds, transport
+/// (extra CAs) and authority host as [`crate::IngestClient`].
+pub struct EntraTokenSource {
+    credential: ResettableCredential,
+    scope: String,
+}
+
+impl fmt::Debug for EntraTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntraTokenSource")
+            .field("credential", &self.credential)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// An access token and its expiry.
+#[derive(Clone)]
+pub struct EntraToken {
+    /// The bearer token; never printed.
+    pub secret: String,
+    /// When Entra says it expires.
+    pub expires_at: std::time::SystemTime,
+}
+
+impl fmt::Debug for EntraToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntraToken")
+            .field("secret", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl EntraTokenSource {
+    /// Builds the credential; no network IO (a workload identity credential reads its file).
+    pub fn new(
+        spec: CredentialSpec,
+        scope: impl Into<String>,
+        extra_ca_pems: &[Vec<u8>],
+        authority_host: Option<&url::Url>,
+        request_timeout: Duration,
+    ) -> Result<Self, crate::IngestError> {
+        let (transport, cloud) =
+            crate::client::http_transport(extra_ca_pems, authority_host, request_timeout)?;
+        let credential = ResettableCredential::new(spec, CredentialEnv { transport, cloud })
+            .map_err(crate::IngestError::Credential)?;
+        Ok(Self {
+            credential,
+            scope: scope.into(),
+        })
+    }
+
+    /// The scope tokens are requested for.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// A token for the scope: azure_identity's cached one until five minutes before its
+    /// expiry, then a new one.
+    pub async fn token(&self) -> azure_core::Result<EntraToken> {
+        let token = self.credential.get_token(&[&self.scope], None).await?;
+        Ok(EntraToken {
+            secret: token.token.secret().to_owned(),
+            expires_at: token.expires_on.into(),
+        })
+    }
+
+    /// Throws the cached token away (a broker refused it): the next [`token`](Self::token)
+    /// comes from Entra. Returns whether a rebuild happened (at most one per second).
+    pub fn reset(&self) -> bool {
+        self.credential.reset()
+    }
+}

@@ -16,7 +16,8 @@
 //! - `batch`: [`Batcher`], [`BatchLimit`]: JSON arrays within the limit, libdeflate gzip.
 //! - `policy`: [`classify`] → [`Action`], `Retry-After` parsing.
 //! - `credential`: [`CredentialSpec`] (workload identity, managed identity, client secret,
-//!   client certificate) and the resettable token credential.
+//!   client certificate), the resettable token credential, and [`EntraTokenSource`]: tokens of
+//!   the same identity for another resource (Event Hubs' Kafka endpoint).
 //! - `client`: [`IngestClient`], [`IngestConfig`], the delivery loop and shared retry gate.
 //! - `stats`: counters ([`StatsSnapshot`]) and readiness ([`Health`]).
 //! - `error`: [`IngestError`], [`DeliverError`].
@@ -37,7 +38,7 @@ pub use client::{
     API_VERSION, DEFAULT_AUDIENCE, DeliveryReport, IngestClient, IngestConfig, RejectReason,
     RejectedRecord, RetryConfig,
 };
-pub use credential::{CredentialSpec, UserAssigned};
+pub use credential::{CredentialSpec, EntraToken, EntraTokenSource, UserAssigned};
 pub use encode::{EncodedRecord, RecordMeta, encode_record};
 pub use error::{DeliverError, IngestError};
 pub use policy::{

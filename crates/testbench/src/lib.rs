@@ -1,13 +1,18 @@
 //! # testbench
 //!
-//! Faithful loopback emulators of the three external services of falcon-sentinel-bridge,
-//! served by one HTTPS listener with a CA generated at start:
+//! Faithful loopback emulators of the external services of falcon-sentinel-bridge. The
+//! first three are served by one HTTPS listener with a CA generated at start:
 //!
 //! * the CrowdStrike **Falcon Event Streams** API (OAuth2 token, discover, the chunked NDJSON
 //!   feed, session refresh), with deterministic, realistic events;
 //! * the **Entra ID** token endpoint (client secret, federated client assertion, certificate);
 //! * the Azure Monitor **Logs Ingestion** API, which keeps a [`Ledger`] of every EventId it
 //!   accepted so tests can prove that nothing was lost.
+//!
+//! The fourth, started on demand with [`Testbench::start_kafka_front`], is **Event Hubs'
+//! Kafka endpoint**: a TLS listener (same CA) that performs Kafka's SASL exchange itself,
+//! PLAIN with a connection string or OAUTHBEARER with a token of the Entra emulator, and
+//! then pipes bytes to a real plaintext Kafka-protocol broker (tansu in the tests).
 //!
 //! Faults ([`Fault`]) make any endpoint slow, failing, rate limited or resetting, cut feeds
 //! mid-line, replace events by malformed lines and make ingestion refuse given records.
@@ -24,6 +29,7 @@
 //! * [`falcon`]: the Falcon emulator; `falcon::generator` builds event lines.
 //! * [`entra`]: the Entra ID emulator.
 //! * [`ingestion`]: the Logs Ingestion emulator and its [`Ledger`].
+//! * [`kafka_front`]: the Event Hubs Kafka-endpoint front ([`KafkaFront`]).
 //! * [`faults`]: fault injection.
 //!
 //! Faults are serde's externally tagged JSON, the same in Rust, over HTTP and on the CLI:
@@ -43,6 +49,7 @@ pub mod falcon;
 pub mod faults;
 mod http;
 pub mod ingestion;
+pub mod kafka_front;
 mod tls;
 
 use std::net::SocketAddr;
@@ -62,6 +69,7 @@ pub use entra::EntraEmulator;
 pub use falcon::{FalconEmulator, FalconStats};
 pub use faults::{Fault, Faults, MalformedKind, Target};
 pub use ingestion::{IngestionEmulator, Ledger};
+pub use kafka_front::{AuthFailure, KafkaFront, KafkaFrontConfig, KafkaFrontStats};
 
 /// State shared by every connection.
 #[derive(Debug)]
@@ -81,6 +89,7 @@ pub struct Testbench {
     inner: Arc<Inner>,
     addr: SocketAddr,
     ca_pem: String,
+    kafka_tls: Arc<rustls::ServerConfig>,
     tracker: TaskTracker,
 }
 
@@ -139,6 +148,7 @@ impl Testbench {
             inner,
             addr,
             ca_pem: pki.ca_pem,
+            kafka_tls: pki.kafka_server_config,
             tracker,
         })
     }
@@ -177,6 +187,19 @@ impl Testbench {
     /// Fault injection.
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
+    }
+
+    /// Start an Event Hubs Kafka-endpoint front on `127.0.0.1:0` in front of
+    /// `config.upstream`; it serves until the testbench shuts down. Tokens are checked
+    /// against this testbench's Entra emulator.
+    pub async fn start_kafka_front(&self, config: KafkaFrontConfig) -> anyhow::Result<KafkaFront> {
+        kafka_front::start(
+            config,
+            self.inner.clone(),
+            self.kafka_tls.clone(),
+            &self.tracker,
+        )
+        .await
     }
 
     /// Stop accepting, end open feeds, close connections, and wait (at most 5 s) for them.

@@ -12,6 +12,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 pub(crate) struct Pki {
     pub(crate) ca_pem: String,
     pub(crate) server_config: Arc<rustls::ServerConfig>,
+    /// The same certificate without ALPN, for the Kafka front (librdkafka offers no ALPN).
+    pub(crate) kafka_server_config: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for Pki {
@@ -60,9 +62,11 @@ pub(crate) fn generate() -> anyhow::Result<Pki> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    let kafka = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Pki {
         ca_pem: ca_cert.pem(),
         server_config: Arc::new(config),
+        kafka_server_config: Arc::new(kafka),
     })
 }

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rdkafka::ClientConfig;
 
@@ -124,6 +125,20 @@ impl KafkaBufferConfig {
                 }
                 Some(_) => {}
             }
+            if s.sasl_mechanism == Some(SaslMechanism::OAuthBearer)
+                && s.oauth_token_source.is_none()
+                && self
+                    .extra
+                    .get("sasl.oauthbearer.method")
+                    .map(String::as_str)
+                    != Some("oidc")
+            {
+                return bad(
+                    "OAUTHBEARER needs an oauth_token_source (or librdkafka's own \
+                     sasl.oauthbearer.method=oidc in extra)"
+                        .into(),
+                );
+            }
         } else if s.sasl_mechanism.is_some() {
             return bad("sasl_mechanism is set but the protocol is not SASL".into());
         }
@@ -231,6 +246,48 @@ pub struct KafkaSecurity {
     /// PEM files of the CAs that sign the brokers' certificates (concatenated into
     /// `ssl.ca.pem`). Empty: the system's CA store (`ssl.ca.location=probe`).
     pub ca_pem_files: Vec<PathBuf>,
+    /// Where OAUTHBEARER tokens come from (Event Hubs: an Entra ID access token for
+    /// `https://NAMESPACE.servicebus.windows.net/.default`). Every client this crate creates
+    /// (producer, group consumer, recovery consumer, topic writer and reader) asks it whenever
+    /// librdkafka wants a token: at start and before the previous one expires.
+    pub oauth_token_source: Option<Arc<dyn OAuthTokenSource>>,
+}
+
+/// A source of SASL OAUTHBEARER tokens (RFC 7628) for librdkafka.
+///
+/// [`token`](Self::token) is called on librdkafka's polling threads and on the task that
+/// reads the group consumer, so it must not block: keep a current token ready (refresh it in
+/// the background) and return it, or an error when there is none. After an error librdkafka
+/// asks again about 10 s later and does not connect meanwhile; nothing is lost.
+pub trait OAuthTokenSource: Send + Sync + 'static {
+    /// The current token, or why there is none.
+    fn token(&self) -> Result<OAuthBearerToken, String>;
+
+    /// Called when a broker refused a token (SASL authentication failed): the next
+    /// [`token`](Self::token) should be a fresh one, not the refused one from a cache.
+    fn refused(&self) {}
+}
+
+/// A bearer token handed to librdkafka.
+#[derive(Clone)]
+pub struct OAuthBearerToken {
+    /// The token itself (an Entra access token is a JWT); never printed.
+    pub token: String,
+    /// The principal the token names (informational; Event Hubs reads the token).
+    pub principal: String,
+    /// When librdkafka should consider it expired; it asks for a new one at 80% of the time
+    /// left.
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for OAuthBearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthBearerToken")
+            .field("token", &"<redacted>")
+            .field("principal", &self.principal)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl fmt::Debug for KafkaSecurity {
@@ -241,6 +298,10 @@ impl fmt::Debug for KafkaSecurity {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ca_pem_files", &self.ca_pem_files)
+            .field(
+                "oauth_token_source",
+                &self.oauth_token_source.as_ref().map(|_| "<token source>"),
+            )
             .finish()
     }
 }
@@ -285,9 +346,8 @@ pub enum SaslMechanism {
     ScramSha256,
     /// `SCRAM-SHA-512`.
     ScramSha512,
-    /// `OAUTHBEARER`. This crate supplies no token: configure librdkafka's own OIDC
-    /// client-credentials flow through [`KafkaBufferConfig::extra`]
-    /// (`sasl.oauthbearer.method=oidc`, …). Not tested against Entra ID.
+    /// `OAUTHBEARER`, with tokens from [`KafkaSecurity::oauth_token_source`] (or librdkafka's
+    /// own OIDC flow configured through [`KafkaBufferConfig::extra`], not tested).
     OAuthBearer,
 }
 
@@ -319,6 +379,7 @@ mod tests {
             username: Some("$ConnectionString".into()),
             password: Some("Endpoint=sb://x/;SharedAccessKey=TOPSECRET".into()),
             ca_pem_files: vec![],
+            oauth_token_source: None,
         };
         c.extra
             .insert("ssl.key.password".into(), "ALSOSECRET".into());

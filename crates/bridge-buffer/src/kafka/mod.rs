@@ -82,11 +82,13 @@ mod topic_reader;
 mod topic_writer;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use rdkafka::client::OAuthToken;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -97,7 +99,8 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 pub use config::{
-    GUARANTEED_PROPERTIES, KafkaBufferConfig, KafkaSecurity, SaslMechanism, SecurityProtocol,
+    GUARANTEED_PROPERTIES, KafkaBufferConfig, KafkaSecurity, OAuthBearerToken, OAuthTokenSource,
+    SaslMechanism, SecurityProtocol,
 };
 
 pub use topic_reader::{TopicMessage, TopicReader};
@@ -108,6 +111,8 @@ use crate::{Buffer, BufferError, Depth, Entry, Position, Record};
 use lanes::Lanes;
 use topic_writer::topic_partitions;
 
+/// How long a new consumer is polled for the events librdkafka queued at its creation.
+pub(crate) const EVENT_SERVE_TIME: Duration = Duration::from_millis(100);
 /// How long an append sleeps before retrying when librdkafka's producer queue is full.
 pub(crate) const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 /// How often the same consumer error is logged again while it persists.
@@ -223,12 +228,13 @@ impl KafkaBuffer {
         let kafka = |operation| move |source| BufferError::Kafka { operation, source };
 
         let producer: FutureProducer<LogContext> = producer_config(&base, &config)
-            .create_with_context(LogContext)
+            .create_with_context(LogContext::new(&config))
             .map_err(kafka("create producer"))?;
         let cc = consumer_config(&base, &config);
         let read_state = Arc::new(Mutex::new(ReadState::default()));
         let context = LaneContext {
             read_state: Arc::clone(&read_state),
+            oauth: config.security.oauth_token_source.clone(),
         };
         let consumer: Arc<GroupConsumer> = Arc::new(
             cc.create_with_context(context)
@@ -243,13 +249,16 @@ impl KafkaBuffer {
 
         let brokers = config.brokers.join(",");
         let timeout = config.connect_timeout;
+        // Metadata through the producer: its polling thread serves librdkafka's events (an
+        // OAUTHBEARER token request among them) while this blocks; the consumer's are served
+        // only when it is polled.
         let (topic_parts, ckpt_parts) = {
-            let consumer = Arc::clone(&consumer);
+            let producer = producer.clone();
             let (topic, ckpt) = (config.topic.clone(), config.checkpoint_topic.clone());
             blocking(move || {
                 Ok((
-                    topic_partitions(consumer.client(), &topic, &brokers, timeout)?,
-                    topic_partitions(consumer.client(), &ckpt, &brokers, timeout)?,
+                    topic_partitions(producer.client(), &topic, &brokers, timeout)?,
+                    topic_partitions(producer.client(), &ckpt, &brokers, timeout)?,
                 ))
             })
             .await?
@@ -259,9 +268,11 @@ impl KafkaBuffer {
             let group = config.group_id.clone();
             let mut base_with_extra = base.clone();
             config.apply_extra(&mut base_with_extra);
+            let context = LogContext::new(&config);
             blocking(move || {
                 resume::recover(
                     &base_with_extra,
+                    context,
                     &topic,
                     topic_parts,
                     &ckpt,
@@ -279,6 +290,12 @@ impl KafkaBuffer {
             scanned = recovered.scanned,
             "kafka buffer recovered resume offsets"
         );
+        if config.security.oauth_token_source.is_some() {
+            // Serve the token request librdkafka queued at creation, so the group join and
+            // the depth task's requests need not wait for the first `read`. Not subscribed
+            // yet: no message can be taken here.
+            let _ = tokio::time::timeout(EVENT_SERVE_TIME, consumer.recv()).await;
+        }
         consumer
             .subscribe(&[&config.topic])
             .map_err(kafka("subscribe"))?;
@@ -326,7 +343,10 @@ pub(crate) fn producer_config(base: &ClientConfig, config: &KafkaBufferConfig) -
             queue_kbytes(config).to_string(),
         )
         .set("linger.ms", "5")
-        .set("compression.type", "zstd");
+        .set("compression.type", "zstd")
+        // The topic checks at connect must not create a topic (brokers with auto-creation
+        // on, the mock cluster): a mistyped name is an error, not a new topic.
+        .set("allow.auto.create.topics", "false");
     config.apply_extra(&mut pc);
     pc
 }
@@ -926,17 +946,81 @@ impl Buffer for KafkaBuffer {
     }
 }
 
-/// Routes librdkafka's logs and errors to `tracing`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LogContext;
+/// Routes librdkafka's logs and errors to `tracing`, and serves OAUTHBEARER token requests
+/// from the configured [`OAuthTokenSource`].
+#[derive(Clone, Default)]
+pub(crate) struct LogContext {
+    oauth: Option<Arc<dyn OAuthTokenSource>>,
+}
+
+impl LogContext {
+    pub(crate) fn new(config: &KafkaBufferConfig) -> Self {
+        Self {
+            oauth: config.security.oauth_token_source.clone(),
+        }
+    }
+
+    /// Whether tokens are served (the client must then be polled before blocking requests).
+    pub(crate) fn has_oauth(&self) -> bool {
+        self.oauth.is_some()
+    }
+}
+
+impl fmt::Debug for LogContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogContext")
+            .field("oauth", &self.oauth.is_some())
+            .finish()
+    }
+}
 
 impl ClientContext for LogContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         log_librdkafka(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "librdkafka");
+        client_error(self.oauth.as_deref(), &error, reason);
     }
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.oauth.as_deref())
+    }
+}
+
+/// librdkafka asks for a token (at start, and at 80% of the last one's lifetime).
+fn oauth_token(
+    source: Option<&dyn OAuthTokenSource>,
+) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+    let source = source.ok_or("sasl.mechanism OAUTHBEARER needs an oauth_token_source")?;
+    let t = source.token().map_err(|reason| {
+        tracing::warn!(%reason, "no OAUTHBEARER token for Kafka");
+        reason
+    })?;
+    let lifetime_ms = t
+        .expires_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the token expires before 1970")?
+        .as_millis();
+    Ok(OAuthToken {
+        token: t.token,
+        principal_name: t.principal,
+        lifetime_ms: i64::try_from(lifetime_ms).map_err(|_| "token expiry out of range")?,
+    })
+}
+
+/// A client-level error: logged; a refused token is reported to the token source so the
+/// next request gets a fresh one.
+fn client_error(oauth: Option<&dyn OAuthTokenSource>, error: &KafkaError, reason: &str) {
+    if let Some(source) = oauth
+        && error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication)
+    {
+        source.refused();
+    }
+    tracing::warn!(error = %error, reason, "librdkafka");
 }
 
 fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -956,14 +1040,23 @@ fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
 /// The consumer's context: keeps [`ReadState`] in step with rebalances.
 struct LaneContext {
     read_state: Arc<Mutex<ReadState>>,
+    oauth: Option<Arc<dyn OAuthTokenSource>>,
 }
 
 impl ClientContext for LaneContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         log_librdkafka(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "librdkafka");
+        client_error(self.oauth.as_deref(), &error, reason);
+    }
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.oauth.as_deref())
     }
 }
 

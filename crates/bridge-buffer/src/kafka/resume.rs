@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::codec::{self, Checkpoint};
+use super::{EVENT_SERVE_TIME, LogContext};
 use crate::BufferError;
 
 /// What recovery found.
@@ -35,8 +36,10 @@ struct Range {
 }
 
 /// Reads the checkpoint topic, then scans the event topic from each partition's frontier.
+#[allow(clippy::too_many_arguments)] // one caller, passing its connect parameters through
 pub(crate) fn recover(
     base: &ClientConfig,
+    context: LogContext,
     topic: &str,
     topic_partitions: i32,
     checkpoint_topic: &str,
@@ -53,7 +56,14 @@ pub(crate) fn recover(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = config.create().map_err(kafka("create recovery consumer"))?;
+    let oauth = context.has_oauth();
+    let consumer: BaseConsumer<LogContext> = config
+        .create_with_context(context)
+        .map_err(kafka("create recovery consumer"))?;
+    if oauth {
+        // Serves the token request queued at creation; nothing is assigned, so no message.
+        let _ = consumer.poll(EVENT_SERVE_TIME);
+    }
 
     let mut out = Recovered::default();
     let mut frontier = HashMap::new();
@@ -125,7 +135,7 @@ pub(crate) fn recover(
 /// Reads every range to its end. Fails if no message arrives and no position advances for
 /// `timeout` while a range is unfinished.
 fn scan(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<LogContext>,
     ranges: Vec<Range>,
     timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::topic_writer::topic_partitions;
-use super::{KafkaBufferConfig, LogContext, blocking};
+use super::{EVENT_SERVE_TIME, KafkaBufferConfig, LogContext, blocking};
 use crate::BufferError;
 
 impl ConsumerContext for LogContext {}
@@ -81,8 +81,10 @@ impl TopicReader {
             .set("isolation.level", "read_committed")
             .set("allow.auto.create.topics", "false");
         config.apply_extra(&mut cc);
+        let context = LogContext::new(config);
+        let oauth = context.has_oauth();
         let consumer: Arc<BaseConsumer<LogContext>> = Arc::new(
-            cc.create_with_context(LogContext)
+            cc.create_with_context(context)
                 .map_err(|source| BufferError::Kafka {
                     operation: "create topic reader",
                     source,
@@ -93,7 +95,14 @@ impl TopicReader {
         let (ends, committed) = {
             let consumer = Arc::clone(&consumer);
             let topic = topic.to_owned();
-            blocking(move || start_and_end(&consumer, &topic, &brokers, timeout)).await?
+            blocking(move || {
+                if oauth {
+                    // Serves the token request queued at creation (nothing assigned yet).
+                    let _ = consumer.poll(EVENT_SERVE_TIME);
+                }
+                start_and_end(&consumer, &topic, &brokers, timeout)
+            })
+            .await?
         };
         let reader = Self {
             consumer,

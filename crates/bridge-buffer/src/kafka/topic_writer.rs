@@ -56,16 +56,13 @@ impl TopicWriter {
             });
         }
         let base = config.client_config()?;
-        let mut pc = producer_config(&base, config);
-        // The check below must not create the topic (brokers with auto-creation on, the
-        // mock cluster): a mistyped name is an error, not a new topic.
-        pc.set("allow.auto.create.topics", "false");
-        let producer: FutureProducer<LogContext> =
-            pc.create_with_context(LogContext)
-                .map_err(|source| BufferError::Kafka {
-                    operation: "create topic producer",
-                    source,
-                })?;
+        let pc = producer_config(&base, config);
+        let producer: FutureProducer<LogContext> = pc
+            .create_with_context(LogContext::new(config))
+            .map_err(|source| BufferError::Kafka {
+                operation: "create topic producer",
+                source,
+            })?;
         let message_max_bytes = config
             .extra
             .get("message.max.bytes")

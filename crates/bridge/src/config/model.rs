@@ -298,6 +298,9 @@ pub struct KafkaSecurity {
     pub password: Option<SecretRef>,
     /// Event Hubs connection string (user name `$ConnectionString`).
     pub event_hubs_connection_string: Option<SecretRef>,
+    /// The Entra scope of OAUTHBEARER tokens (set iff the mechanism is `oauthbearer`); the
+    /// identity is `sentinel.credential`'s.
+    pub oauth_scope: Option<String>,
 }
 
 impl KafkaSecurity {

@@ -409,6 +409,10 @@ pub(crate) struct RawKafkaSecurity {
     /// Azure Event Hubs connection string (implies sasl_ssl, plain, `$ConnectionString`).
     #[serde(default)]
     pub(crate) event_hubs_connection_string: Option<RawSecret>,
+    /// oauthbearer: the Entra scope of the token (default `https://HOST/.default`, HOST the
+    /// first broker's host: the Event Hubs namespace).
+    #[serde(default)]
+    pub(crate) oauth_scope: Option<String>,
 }
 
 /// `sentinel:` — the destination.

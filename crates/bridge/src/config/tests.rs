@@ -706,6 +706,29 @@ fn kafka_and_event_hubs_rules() {
     };
     assert_eq!(kafka.security.sasl_mechanism, Some(SaslMechanism::Plain));
     assert_eq!(kafka.topic, "falcon-events");
+    assert_eq!(kafka.security.oauth_scope, None);
+
+    // OAUTHBEARER: the scope defaults to the namespace of the first broker.
+    let config =
+        ok(&(base.clone()
+            + "  security:\n    protocol: sasl_ssl\n    sasl_mechanism: oauthbearer\n"));
+    let BufferConfig::Kafka(kafka) = &config.buffer else {
+        panic!("kafka")
+    };
+    assert_eq!(
+        kafka.security.oauth_scope.as_deref(),
+        Some("https://ns.servicebus.windows.net/.default")
+    );
+    let config = ok(&(base.clone()
+        + "  security:\n    protocol: sasl_ssl\n    sasl_mechanism: oauthbearer\n    \
+           oauth_scope: https://eh.example/.default\n"));
+    let BufferConfig::Kafka(kafka) = &config.buffer else {
+        panic!("kafka")
+    };
+    assert_eq!(
+        kafka.security.oauth_scope.as_deref(),
+        Some("https://eh.example/.default")
+    );
 
     let error = single(
         &(base.clone()
@@ -732,10 +755,22 @@ fn kafka_and_event_hubs_rules() {
     let error = single(&(MIN.to_owned() + "buffer:\n  type: kafka\n  brokers: [nohost]\n"));
     assert_eq!(error.path, "buffer.brokers[0]");
     let error = single(
-        &(base.clone() + "  security:\n    protocol: sasl_ssl\n    sasl_mechanism: oauthbearer\n"),
+        &(base.clone()
+            + "  security:\n    protocol: sasl_ssl\n    sasl_mechanism: oauthbearer\n    \
+               username: u\n"),
     );
-    assert_eq!(error.path, "buffer.security.sasl_mechanism");
-    assert!(error.message.contains("not supported"), "{error}");
+    assert_eq!(error.path, "buffer.security.username");
+    assert!(error.message.contains("oauthbearer"), "{error}");
+    let error = single(
+        &(base.clone()
+            + "  security:\n    protocol: sasl_ssl\n    sasl_mechanism: oauthbearer\n    \
+               oauth_scope: https://ns.servicebus.windows.net\n"),
+    );
+    assert_eq!(error.path, "buffer.security.oauth_scope");
+    let error = single(
+        &(base.clone() + "  security:\n    protocol: ssl\n    oauth_scope: https://x/.default\n"),
+    );
+    assert_eq!(error.path, "buffer.security.oauth_scope");
 }
 
 #[test]

@@ -712,7 +712,9 @@ fn kafka_buffer(v: &mut Issues, raw: RawBuffer) -> Option<BufferConfig> {
             librdkafka_options.insert(key, value.into_text());
         }
     }
-    let security = kafka_security(v, raw.security.unwrap_or_default());
+    let raw_security = raw.security.unwrap_or_default();
+    oauth_scope_needs_oauthbearer(v, &raw_security);
+    let security = kafka_security(v, raw_security, &brokers);
     Some(BufferConfig::Kafka(KafkaBufferConfig {
         brokers,
         topic,
@@ -748,7 +750,7 @@ fn kafka_name(v: &mut Issues, path: &str, name: &str) {
     }
 }
 
-fn kafka_security(v: &mut Issues, raw: RawKafkaSecurity) -> KafkaSecurity {
+fn kafka_security(v: &mut Issues, raw: RawKafkaSecurity, brokers: &[String]) -> KafkaSecurity {
     let protocol = raw.protocol.unwrap_or(raw::default_kafka_protocol());
     let password = raw
         .password
@@ -762,6 +764,7 @@ fn kafka_security(v: &mut Issues, raw: RawKafkaSecurity) -> KafkaSecurity {
         username: raw.username,
         password,
         event_hubs_connection_string: connection_string,
+        oauth_scope: None,
     };
     if security.event_hubs_connection_string.is_some() {
         if protocol != KafkaProtocol::SaslSsl {
@@ -805,17 +808,12 @@ fn kafka_security(v: &mut Issues, raw: RawKafkaSecurity) -> KafkaSecurity {
                 "required key is missing",
                 hint(
                     "a `sasl_*` protocol needs `sasl_mechanism`: plain, \
-                        scram-sha-256 or scram-sha-512",
+                        scram-sha-256, scram-sha-512 or oauthbearer",
                 ),
             ),
-            Some(SaslMechanism::OauthBearer) => v.value(
-                "buffer.security.sasl_mechanism",
-                "`oauthbearer` (an Entra ID token for Event Hubs) is not supported yet",
-                hint(
-                    "for Event Hubs use `event_hubs_connection_string`; \
-                     for Kafka use plain or scram-sha-*",
-                ),
-            ),
+            Some(SaslMechanism::OauthBearer) => {
+                security.oauth_scope = oauth_bearer(v, &security, raw.oauth_scope, brokers);
+            }
             Some(_) => {
                 if security.username.is_none() {
                     v.key(
@@ -849,6 +847,60 @@ fn kafka_security(v: &mut Issues, raw: RawKafkaSecurity) -> KafkaSecurity {
         }
     }
     security
+}
+
+/// `oauth_scope` only means something with `sasl_mechanism: oauthbearer`.
+fn oauth_scope_needs_oauthbearer(v: &mut Issues, raw: &RawKafkaSecurity) {
+    if raw.sasl_mechanism != Some(SaslMechanism::OauthBearer) && raw.oauth_scope.is_some() {
+        v.key(
+            "buffer.security.oauth_scope",
+            "`oauth_scope` has no effect without `sasl_mechanism: oauthbearer`",
+            hint("remove it, or set `sasl_mechanism: oauthbearer`"),
+        );
+    }
+}
+
+/// Checks an `oauthbearer` section and returns its scope: `oauth_scope`, or
+/// `https://HOST/.default` for the first broker's host (Event Hubs: the namespace, whose
+/// tokens have audience `https://NAMESPACE.servicebus.windows.net`).
+fn oauth_bearer(
+    v: &mut Issues,
+    security: &KafkaSecurity,
+    scope: Option<String>,
+    brokers: &[String],
+) -> Option<String> {
+    for (present, key) in [
+        (security.username.is_some(), "username"),
+        (security.password.is_some(), "password"),
+    ] {
+        if present {
+            v.key(
+                &format!("buffer.security.{key}"),
+                format!("`{key}` has no effect with `oauthbearer`"),
+                hint(
+                    "oauthbearer authenticates with an Entra ID token of \
+                     `sentinel.credential`'s identity; remove it",
+                ),
+            );
+        }
+    }
+    let path = "buffer.security.oauth_scope";
+    let Some(scope) = scope else {
+        let host = brokers.first()?.rsplit_once(':')?.0;
+        return Some(format!("https://{host}/.default"));
+    };
+    let valid = Url::parse(&scope).is_ok_and(|u| {
+        u.scheme() == "https" && u.host_str().is_some() && u.path().ends_with("/.default")
+    });
+    if !valid {
+        v.value(
+            path,
+            format!("`{scope}` is not an Entra scope for the client credentials flow"),
+            hint("e.g. `https://NAMESPACE.servicebus.windows.net/.default`"),
+        );
+        return None;
+    }
+    Some(scope)
 }
 
 #[allow(clippy::too_many_lines)] // one linear check per key reads better than helpers
