@@ -8,9 +8,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge_buffer::{Buffer, KafkaBuffer, KafkaBufferConfig, Position, Record};
@@ -40,61 +37,6 @@ fn record(partition: u32, offset: u64, payload: &Bytes) -> Record {
         created_at_ms: 1_700_000_000_000,
         payload: payload.clone(),
     }
-}
-
-/// Kills the broker child on exit.
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn tansu(dir: &std::path::Path) -> anyhow::Result<(Broker, String)> {
-    let bin = std::env::var_os("TANSU_BIN").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/falcon-sentinel-bridge/tools/bin/tansu")
-        },
-        PathBuf::from,
-    );
-    anyhow::ensure!(
-        bin.is_file(),
-        "tansu not found at {}: run scripts/provision-tansu.sh",
-        bin.display()
-    );
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&bin)
-        .current_dir(dir)
-        .args(["broker", "--storage-engine", "sqlite://bench.db"])
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let broker = Broker(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (topic, partitions) in [(TOPIC, PARTITIONS), (CKPT, 1)] {
-        let status = Command::new(&bin)
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &url])
-            .stdout(Stdio::null())
-            .status()?;
-        anyhow::ensure!(status.success(), "create topic {topic}");
-    }
-    Ok((broker, format!("127.0.0.1:{port}")))
 }
 
 async fn append_phase(buf: &KafkaBuffer, appenders: u32, total: u64, first: u64) -> f64 {
@@ -134,7 +76,6 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "tansu".into());
     let total: u64 = args.next().map_or(Ok(50_000), |s| s.parse())?;
-    let dir = tempfile::tempdir()?;
 
     let mock;
     let _broker;
@@ -144,8 +85,11 @@ async fn main() -> anyhow::Result<()> {
         mock.create_topic(CKPT, 1, 1)?;
         mock.bootstrap_servers()
     } else {
-        let (b, brokers) = tansu(dir.path())?;
-        _broker = b;
+        let tansu = testbench::Tansu::start();
+        tansu.create_topic(TOPIC, PARTITIONS.unsigned_abs());
+        tansu.create_topic(CKPT, 1);
+        let brokers = tansu.broker();
+        _broker = tansu;
         brokers
     };
     println!("broker: {mode} ({brokers}), {PARTITIONS} partitions, {PAYLOAD}-byte payloads");

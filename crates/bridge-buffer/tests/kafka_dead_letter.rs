@@ -201,91 +201,15 @@ async fn a_missing_topic_is_named_and_oversize_messages_are_refused_whole() {
 /// `kafka_tansu.rs`): the reader's offset commits without group membership and the
 /// committed-offset fetch are real broker protocol, not the mock's.
 mod tansu {
-    use std::net::{TcpListener, TcpStream};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
     use super::{DLQ, GROUP, config, drain, payloads, values};
     use bridge_buffer::kafka::{TopicReader, TopicWriter};
-
-    fn tansu_bin() -> PathBuf {
-        let bin = std::env::var_os("TANSU_BIN").map_or_else(
-            || {
-                let home = std::env::var_os("HOME").expect("HOME");
-                Path::new(&home).join(".cache/falcon-sentinel-bridge/tools/bin/tansu")
-            },
-            PathBuf::from,
-        );
-        assert!(
-            bin.is_file(),
-            "tansu broker not found at {}: run scripts/provision-tansu.sh (or set TANSU_BIN)",
-            bin.display()
-        );
-        bin
-    }
-
-    /// A tansu broker child process; killed (SIGKILL) and reaped on drop.
-    struct Tansu {
-        child: Child,
-        _dir: tempfile::TempDir,
-        port: u16,
-    }
-
-    impl Tansu {
-        fn start() -> Self {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(tansu_bin())
-                .current_dir(dir.path())
-                .args(["broker", "--storage-engine", "sqlite://broker.db"])
-                .args(["--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start tansu");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Self {
-                child,
-                _dir: dir,
-                port,
-            }
-        }
-
-        fn create_topic(&self, name: &str, partitions: u32) {
-            let status = Command::new(tansu_bin())
-                .args(["topic", "create", name, "--partitions"])
-                .arg(partitions.to_string())
-                .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-                .stdout(Stdio::null())
-                .status()
-                .expect("run tansu topic create");
-            assert!(status.success(), "tansu topic create {name}: {status}");
-        }
-    }
-
-    impl Drop for Tansu {
-        fn drop(&mut self) {
-            self.child.kill().ok();
-            self.child.wait().ok();
-        }
-    }
+    use testbench::Tansu;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn send_read_commit_against_a_real_broker() {
         let t = Tansu::start();
         t.create_topic(DLQ, 2);
-        let cfg = config(&format!("127.0.0.1:{}", t.port), "g");
+        let cfg = config(&t.broker(), "g");
         let writer = TopicWriter::connect(&cfg, DLQ).await.unwrap();
         writer.send("0", payloads("a", 3)).await.unwrap();
         writer.send("1", payloads("b", 3)).await.unwrap();

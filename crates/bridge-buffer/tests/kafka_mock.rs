@@ -324,3 +324,45 @@ async fn close_ends_a_waiting_read_and_refuses_further_calls() {
     ));
     assert!(matches!(buf.close().await, Err(BufferError::Closed)));
 }
+
+/// Records deleted by retention before delivery are reported, never silent. The mock cluster
+/// keeps at most 5 MB per partition and drops the oldest message sets beyond that, which is
+/// retention: committed offset 10, then ~8 MB of incompressible records, and the first offset
+/// moves past the committed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_by_retention_before_delivery_are_reported() {
+    use rand::{RngCore as _, SeedableRng as _};
+    let mock = cluster(1);
+    let brokers = mock.bootstrap_servers();
+    let buf = KafkaBuffer::connect(config(&brokers, "g")).await.unwrap();
+    buf.append(recs(0, 0, 10)).await.unwrap();
+    let entries = read_n(&buf, 10, WITHIN).await;
+    let positions: Vec<Position> = entries.iter().map(|e| e.position).collect();
+    buf.ack(&positions).await.unwrap();
+    eventually(WITHIN, "depth 0 after commit", || buf.depth().records == 0).await;
+    assert_eq!(buf.records_lost_to_retention(), 0);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for chunk in 0..8u64 {
+        let records = (0..250u64)
+            .map(|i| {
+                let mut r = kafka_support::rec(0, 10 + chunk * 250 + i);
+                let mut noise = vec![0u8; 4096];
+                rng.fill_bytes(&mut noise);
+                r.payload = bytes::Bytes::from(noise);
+                r
+            })
+            .collect();
+        buf.append(records).await.unwrap();
+    }
+    eventually(WITHIN, "the retention loss is reported", || {
+        buf.records_lost_to_retention() > 0
+    })
+    .await;
+    let lost = buf.records_lost_to_retention();
+    assert!(
+        (250..2_010).contains(&lost),
+        "{lost} records reported lost of 2,000 appended past a 5 MB partition"
+    );
+    buf.close().await.unwrap();
+}

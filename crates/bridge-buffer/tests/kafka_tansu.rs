@@ -7,117 +7,13 @@
 mod kafka_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge_buffer::{Buffer, Entry, KafkaBuffer, Position};
 use kafka_support::{CKPT, TOPIC, assert_exactly_once, config, read_n, recs, topic_contents};
+use testbench::Tansu;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn tansu_bin() -> PathBuf {
-    let bin = std::env::var_os("TANSU_BIN").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").expect("HOME");
-            Path::new(&home).join(".cache/falcon-sentinel-bridge/tools/bin/tansu")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        bin.is_file(),
-        "tansu broker not found at {}: run scripts/provision-tansu.sh (or set TANSU_BIN)",
-        bin.display()
-    );
-    bin
-}
-
-/// A tansu broker child process; killed (SIGKILL) and reaped on drop.
-struct Tansu {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Tansu {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut t = Self {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            port,
-        };
-        t.spawn();
-        t
-    }
-
-    fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the broker on the same sqlite file and port.
-    fn spawn(&mut self) {
-        // tansu resolves `sqlite://NAME` against its working directory.
-        let child = Command::new(tansu_bin())
-            .current_dir(self.dir.path())
-            .args(["broker", "--storage-engine", "sqlite://broker.db"])
-            .args(["--listener-url", &self.url()])
-            .args(["--advertised-listener-url", &self.url()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `kill -9`, then reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
-
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let status = Command::new(tansu_bin())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &self.url()])
-            .stdout(Stdio::null())
-            .status()
-            .expect("run tansu topic create");
-        assert!(status.success(), "tansu topic create {name}: {status}");
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn broker(partitions: u32) -> Tansu {
     let t = Tansu::start();
@@ -133,7 +29,7 @@ fn positions(entries: &[Entry]) -> Vec<Position> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_consume_commit_and_restart_mid_batch() {
     let t = broker(2);
-    let buf = KafkaBuffer::connect(config(&t.brokers(), "w"))
+    let buf = KafkaBuffer::connect(config(&t.broker(), "w"))
         .await
         .unwrap();
     for p in 0..4 {
@@ -161,7 +57,7 @@ async fn produce_consume_commit_and_restart_mid_batch() {
     buf.ack(&acked).await.unwrap();
     buf.close().await.unwrap();
 
-    let buf = KafkaBuffer::connect(config(&t.brokers(), "w"))
+    let buf = KafkaBuffer::connect(config(&t.broker(), "w"))
         .await
         .unwrap();
     assert_eq!(
@@ -184,7 +80,7 @@ async fn produce_consume_commit_and_restart_mid_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_between_two_consumers_delivers_everything() {
     let t = broker(4);
-    let a = KafkaBuffer::connect(config(&t.brokers(), "g"))
+    let a = KafkaBuffer::connect(config(&t.broker(), "g"))
         .await
         .unwrap();
     for p in 0..8 {
@@ -199,7 +95,7 @@ async fn rebalance_between_two_consumers_delivers_everything() {
         .collect();
 
     // A second member joins: partitions move; both read and acknowledge what they get.
-    let b = KafkaBuffer::connect(config(&t.brokers(), "g"))
+    let b = KafkaBuffer::connect(config(&t.broker(), "g"))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -228,7 +124,7 @@ async fn rebalance_between_two_consumers_delivers_everything() {
 
     // Everything was acknowledged, so the group's committed offset of every partition is its
     // high watermark.
-    let brokers = t.brokers();
+    let brokers = t.broker();
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let c: BaseConsumer = rdkafka::ClientConfig::new()
@@ -256,7 +152,7 @@ async fn rebalance_between_two_consumers_delivers_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_appends_survive_a_broker_kill_and_restart() {
     let mut t = broker(2);
-    let buf = KafkaBuffer::connect(config(&t.brokers(), "k"))
+    let buf = KafkaBuffer::connect(config(&t.broker(), "k"))
         .await
         .unwrap();
     for p in 0..3 {
@@ -268,7 +164,7 @@ async fn durable_appends_survive_a_broker_kill_and_restart() {
         let buf = buf.clone();
         async move { buf.append(recs(0, 40, 60)).await }
     });
-    t.spawn();
+    t.restart();
     tokio::time::timeout(WITHIN, pending)
         .await
         .expect("append completes after the broker restarts")
@@ -277,7 +173,7 @@ async fn durable_appends_survive_a_broker_kill_and_restart() {
     buf.close().await.unwrap();
     drop(buf);
 
-    let buf = KafkaBuffer::connect(config(&t.brokers(), "k"))
+    let buf = KafkaBuffer::connect(config(&t.broker(), "k"))
         .await
         .unwrap();
     assert_eq!(
@@ -285,7 +181,7 @@ async fn durable_appends_survive_a_broker_kill_and_restart() {
         BTreeMap::from([(0, 59), (1, 39), (2, 39)])
     );
     buf.close().await.unwrap();
-    let brokers = t.brokers();
+    let brokers = t.broker();
     let contents = tokio::task::spawn_blocking(move || topic_contents(&brokers, TOPIC))
         .await
         .unwrap();

@@ -31,6 +31,8 @@
 //! * [`ingestion`]: the Logs Ingestion emulator and its [`Ledger`].
 //! * [`kafka_front`]: the Event Hubs Kafka-endpoint front ([`KafkaFront`]).
 //! * [`faults`]: fault injection.
+//! * [`tansu`]: a real Kafka-protocol broker (tansu on sqlite) as a child process, for tests
+//!   ([`Tansu`]).
 //!
 //! Faults are serde's externally tagged JSON, the same in Rust, over HTTP and on the CLI:
 //! `{"Status":{"target":"Ingestion","status":503,"retry_after_secs":2,"count":3}}`,
@@ -50,6 +52,7 @@ pub mod faults;
 mod http;
 pub mod ingestion;
 pub mod kafka_front;
+pub mod tansu;
 mod tls;
 
 use std::net::SocketAddr;
@@ -70,6 +73,7 @@ pub use falcon::{FalconEmulator, FalconStats};
 pub use faults::{Fault, Faults, MalformedKind, Target};
 pub use ingestion::{IngestionEmulator, Ledger};
 pub use kafka_front::{AuthFailure, KafkaFront, KafkaFrontConfig, KafkaFrontStats};
+pub use tansu::Tansu;
 
 /// State shared by every connection.
 #[derive(Debug)]

@@ -4,8 +4,7 @@
 #![allow(clippy::too_many_lines)] // each scenario reads top to bottom
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use testbench::{AuthFailure, KafkaFront, KafkaFrontConfig, KafkaFrontStats, Testbench};
+use testbench::{AuthFailure, KafkaFront, KafkaFrontConfig, KafkaFrontStats, Tansu, Testbench};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -34,83 +33,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A tansu broker on `port` advertising the front's port, killed on drop.
-struct Tansu {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Tansu {
-    fn bin() -> PathBuf {
-        let path = std::env::var_os("TANSU_BIN").map_or_else(
-            || {
-                let home = std::env::var_os("HOME").unwrap_or_default();
-                Path::new(&home).join(".cache/falcon-sentinel-bridge/tools/bin/tansu")
-            },
-            PathBuf::from,
-        );
-        assert!(
-            path.exists(),
-            "tansu not found at {}: run scripts/provision-tansu.sh",
-            path.display()
-        );
-        path
-    }
-
-    async fn start(port: u16, advertised_port: u16) -> Tansu {
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        // tansu 0.6 reads `sqlite://PATH` relative to its working directory.
-        let child = Command::new(Self::bin())
-            .current_dir(dir.path())
-            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised_port}"),
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let tansu = Tansu {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tansu
-    }
-
-    async fn create_topic(&self, name: &str) {
-        let status = tokio::process::Command::new(Self::bin())
-            .args(["topic", "create", name, "--partitions", "1"])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success(), "tansu topic create {name}: {status}");
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Setup {
@@ -135,8 +57,15 @@ async fn setup(configure: impl FnOnce(&mut KafkaFrontConfig)) -> Setup {
     };
     configure(&mut config);
     let front = tb.start_kafka_front(config).await.unwrap();
-    let tansu = Tansu::start(upstream_port, front.addr().port()).await;
-    tansu.create_topic(TOPIC).await;
+    let front_port = front.addr().port();
+    // Starting a broker blocks until it listens: keep the runtime's threads free meanwhile.
+    let tansu = tokio::task::spawn_blocking(move || {
+        let tansu = Tansu::start_advertising(upstream_port, front_port);
+        tansu.create_topic(TOPIC, 1);
+        tansu
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, tb.ca_pem()).unwrap();

@@ -94,7 +94,8 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -113,8 +114,8 @@ use topic_writer::topic_partitions;
 
 /// How long a new consumer is polled for the events librdkafka queued at its creation.
 pub(crate) const EVENT_SERVE_TIME: Duration = Duration::from_millis(100);
-/// How long an append sleeps before retrying when librdkafka's producer queue is full.
-pub(crate) const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+/// How long [`enqueue`] sleeps before retrying when librdkafka's producer queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 /// How often the same consumer error is logged again while it persists.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the depth is refreshed from the brokers.
@@ -154,6 +155,10 @@ struct Inner {
     failed: Mutex<Option<String>>,
     commit_pending: AtomicBool,
     depth_records: AtomicU64,
+    /// Records found deleted from the topic before delivery (see `report_retention_loss`).
+    retention_lost: AtomicU64,
+    /// Per partition, the first offset up to which a retention loss was reported.
+    retention_reported: Mutex<HashMap<i32, i64>>,
     seen_records: AtomicU64,
     seen_bytes: AtomicU64,
     next_append_id: AtomicU64,
@@ -217,6 +222,13 @@ impl Progress {
 }
 
 impl KafkaBuffer {
+    /// Records found deleted from the topic (by retention) before they were delivered, since
+    /// this buffer connected. Each is also logged as an error. Kafka's retention bounds what
+    /// the buffer can hold through an outage; size it above the longest outage to ride out.
+    pub fn records_lost_to_retention(&self) -> u64 {
+        self.inner.retention_lost.load(Ordering::Relaxed)
+    }
+
     /// Connects: validates `config`, checks that both topics exist, recovers the resume
     /// offsets (see the module docs), and joins the consumer group.
     ///
@@ -322,6 +334,8 @@ impl KafkaBuffer {
             failed: Mutex::new(None),
             commit_pending: AtomicBool::new(false),
             depth_records: AtomicU64::new(0),
+            retention_lost: AtomicU64::new(0),
+            retention_reported: Mutex::new(HashMap::new()),
             seen_records: AtomicU64::new(0),
             seen_bytes: AtomicU64::new(0),
             next_append_id: AtomicU64::new(0),
@@ -384,6 +398,30 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BufferError::Failed(format!("blocking kafka task panicked: {e}")))?
+}
+
+/// Enqueues one record on `producer` and returns its delivery future. While librdkafka's
+/// queue is full (its size is bounded by `queue.buffering.max.kbytes`) it sleeps
+/// [`QUEUE_FULL_WAIT`] and retries the same record, so memory stays bounded and nothing is
+/// dropped; any other enqueue error is returned for the caller to map.
+pub(crate) async fn enqueue<K, P>(
+    producer: &FutureProducer<LogContext>,
+    mut record: FutureRecord<'_, K, P>,
+) -> Result<DeliveryFuture, KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            }
+            Err((source, _)) => return Err(source),
+        }
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -494,25 +532,14 @@ impl Inner {
         for r in &records {
             bytes += r.encoded_len() as u64;
             let key = r.partition.to_string();
-            let mut record = FutureRecord::to(&self.topic)
+            let record = FutureRecord::to(&self.topic)
                 .key(&key)
                 .payload(&r.payload[..])
                 .headers(codec::headers(r));
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((source, _)) => {
-                        return Err(self.producer_error("enqueue event", source));
-                    }
-                }
-            }
+            let delivery = enqueue(&self.producer, record)
+                .await
+                .map_err(|source| self.producer_error("enqueue event", source))?;
+            deliveries.push(delivery);
         }
 
         let mut newest: HashMap<i32, i64> = HashMap::new();
@@ -730,24 +757,13 @@ impl Inner {
     ) -> Result<(), BufferError> {
         let mut deliveries = Vec::new();
         for (key, value) in messages {
-            let mut record = FutureRecord::to(&self.checkpoint_topic)
+            let record = FutureRecord::to(&self.checkpoint_topic)
                 .key(&key)
                 .payload(&value);
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(d) => {
-                        deliveries.push(d);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((source, _)) => {
-                        return Err(self.producer_error("enqueue checkpoint", source));
-                    }
-                }
-            }
+            let delivery = enqueue(&self.producer, record)
+                .await
+                .map_err(|source| self.producer_error("enqueue checkpoint", source))?;
+            deliveries.push(delivery);
         }
         for d in deliveries {
             match d.await {
@@ -800,6 +816,7 @@ impl Inner {
                         source,
                     })?;
             let mut total = 0u64;
+            let mut deleted = Vec::new();
             for p in partitions {
                 let (lo, hi) = consumer
                     .fetch_watermarks(&topic, p, timeout)
@@ -808,17 +825,56 @@ impl Inner {
                         source,
                     })?;
                 let from = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(c)) => c.max(lo),
+                    Some(Offset::Offset(c)) => {
+                        if c < lo {
+                            deleted.push((p, c, lo));
+                        }
+                        c.max(lo)
+                    }
                     _ => lo,
                 };
                 total += u64::try_from(hi - from).unwrap_or(0);
             }
-            Ok(total)
+            Ok((total, deleted))
         })
         .await;
         match result {
-            Ok(records) => self.depth_records.store(records, Ordering::Relaxed),
+            Ok((records, deleted)) => {
+                self.depth_records.store(records, Ordering::Relaxed);
+                self.report_retention_loss(&deleted);
+            }
             Err(e) => tracing::debug!(error = %e, "depth refresh failed"),
+        }
+    }
+
+    /// The group's committed offset of a partition is below the partition's first offset:
+    /// retention (or a deletion) removed records the writer had not delivered. Kafka cannot
+    /// give them back; the consumer resumes at the first offset (`auto.offset.reset=earliest`).
+    /// Never silent: an error per newly deleted range, and a counter.
+    fn report_retention_loss(&self, deleted: &[(i32, i64, i64)]) {
+        let mut reported = lock(&self.retention_reported);
+        for &(partition, committed, first) in deleted {
+            let from = reported
+                .get(&partition)
+                .copied()
+                .unwrap_or(committed)
+                .max(committed);
+            if first <= from {
+                continue;
+            }
+            let lost = u64::try_from(first - from).unwrap_or(0);
+            self.retention_lost.fetch_add(lost, Ordering::Relaxed);
+            reported.insert(partition, first);
+            tracing::error!(
+                topic = %self.topic,
+                partition,
+                committed_offset = committed,
+                first_offset = first,
+                lost,
+                "records were deleted from the Kafka topic before they were delivered \
+                 (retention shorter than the backlog): they cannot be delivered; raise the \
+                 topic's retention above the longest outage to ride out"
+            );
         }
     }
 

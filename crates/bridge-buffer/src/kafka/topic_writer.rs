@@ -10,8 +10,7 @@ use rdkafka::ClientContext;
 use rdkafka::client::Client;
 
 use super::{
-    DEFAULT_MESSAGE_MAX_BYTES, KafkaBufferConfig, LogContext, QUEUE_FULL_WAIT, blocking,
-    producer_config,
+    DEFAULT_MESSAGE_MAX_BYTES, KafkaBufferConfig, LogContext, blocking, enqueue, producer_config,
 };
 use crate::BufferError;
 
@@ -112,20 +111,11 @@ impl TopicWriter {
         }
         let mut deliveries = Vec::with_capacity(payloads.len());
         for payload in &payloads {
-            let mut record = FutureRecord::to(&self.topic).key(key).payload(&payload[..]);
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((source, _)) => return Err(self.error("enqueue message", source)),
-                }
-            }
+            let record = FutureRecord::to(&self.topic).key(key).payload(&payload[..]);
+            let delivery = enqueue(&self.producer, record)
+                .await
+                .map_err(|source| self.error("enqueue message", source))?;
+            deliveries.push(delivery);
         }
         for delivery in deliveries {
             match delivery.await {
