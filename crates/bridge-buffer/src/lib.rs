@@ -85,6 +85,13 @@ pub trait Buffer: Send + Sync + 'static {
     /// The cap on [`Depth::bytes`] beyond which appends wait.
     fn capacity_bytes(&self) -> u64;
 
+    /// Records the backend's storage deleted before they were acknowledged, since it was
+    /// opened: Kafka's retention can do that during an outage longer than it. The disk log
+    /// never deletes an unacknowledged record, so the default is 0.
+    fn records_lost(&self) -> u64 {
+        0
+    }
+
     /// Persists the acknowledged prefix and stops accepting appends. Further calls fail with
     /// [`BufferError::Closed`].
     fn close(&self) -> impl Future<Output = Result<(), BufferError>> + Send;

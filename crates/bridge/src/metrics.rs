@@ -21,17 +21,24 @@ use serde::Serialize;
 
 use crate::pipeline::writer::WriterStats;
 
-/// Reads the buffer's depth and capacity without knowing its backend.
-pub struct BufferGauge(Box<dyn Fn() -> (Depth, u64) + Send + Sync>);
+/// Reads the buffer's depth, capacity and records lost (Kafka retention) without knowing
+/// its backend.
+pub struct BufferGauge(Box<dyn Fn() -> (Depth, u64, u64) + Send + Sync>);
 
 impl BufferGauge {
     /// A gauge over `buffer`.
     pub fn new<B: Buffer>(buffer: &Arc<B>) -> Self {
         let buffer = Arc::clone(buffer);
-        Self(Box::new(move || (buffer.depth(), buffer.capacity_bytes())))
+        Self(Box::new(move || {
+            (
+                buffer.depth(),
+                buffer.capacity_bytes(),
+                buffer.records_lost(),
+            )
+        }))
     }
 
-    fn read(&self) -> (Depth, u64) {
+    fn read(&self) -> (Depth, u64, u64) {
         (self.0)()
     }
 }
@@ -124,10 +131,18 @@ impl Metrics {
     /// The health record of this instance now.
     pub fn health_record(&self, instance: &str) -> HealthRecord {
         let source = self.source.snapshot();
-        let (depth, capacity) = self.buffer.read();
+        let (depth, capacity, lost) = self.buffer.read();
         let health = self.client.health();
         let connected = source.partitions.values().filter(|p| p.connected).count() as u64;
-        let (status, reason) = if !health.healthy {
+        let (status, reason) = if lost > 0 {
+            (
+                "unhealthy",
+                format!(
+                    "{lost} records were deleted from the Kafka topic by retention before \
+                     delivery; raise the topic's retention"
+                ),
+            )
+        } else if !health.healthy {
             ("unhealthy", self.writer_problems().join("; "))
         } else if connected == 0 {
             ("unhealthy", "no Falcon partition connected".to_owned())
@@ -329,7 +344,13 @@ impl Collector for Metrics {
             &[(vec![], source.discovers_empty)],
         )?;
 
-        let (depth, capacity) = self.buffer.read();
+        let (depth, capacity, lost) = self.buffer.read();
+        counter(
+            &mut encoder,
+            "buffer_records_lost",
+            "Records the buffer's storage deleted before delivery (Kafka retention); must stay 0.",
+            &[(vec![], lost)],
+        )?;
         gauge(
             &mut encoder,
             "buffer_depth_records",

@@ -997,6 +997,10 @@ impl Buffer for KafkaBuffer {
         self.inner.max_bytes
     }
 
+    fn records_lost(&self) -> u64 {
+        self.records_lost_to_retention()
+    }
+
     async fn close(&self) -> Result<(), BufferError> {
         self.inner.close().await
     }
