@@ -49,6 +49,9 @@ fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             if !IN_OPEN.with(Cell::get) {
                 fuzzer_hook(info);
+            } else if std::env::var_os("FUZZ_DEBUG").is_some() {
+                // A caught panic during open: shown on request (replaying one input).
+                eprintln!("panic during open (caught or not): {info}");
             }
         }));
     });

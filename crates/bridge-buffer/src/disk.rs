@@ -645,12 +645,23 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
                 let count = record::chunk_count(v.value()).ok_or_else(|| {
                     redb::Error::Corrupted(format!("buffer chunk at seq {}: bad header", k.value()))
                 })?;
-                (k.value() + count).max(floor)
+                // A damaged key near u64::MAX must be an error, not a wrapped cursor.
+                k.value()
+                    .checked_add(count)
+                    .ok_or_else(|| {
+                        redb::Error::Corrupted(format!(
+                            "buffer chunk at seq {} with {count} records: seq out of range",
+                            k.value()
+                        ))
+                    })?
+                    .max(floor)
             }
             None => floor,
         };
         if let Some((k, v)) = records.first()? {
-            let end = k.value() + record::chunk_count(v.value()).unwrap_or(0);
+            let end = k
+                .value()
+                .saturating_add(record::chunk_count(v.value()).unwrap_or(0));
             if end <= floor {
                 return Err(redb::Error::Corrupted(format!(
                     "buffer records: chunk at seq {} lies below the ack floor {floor}",
@@ -715,7 +726,7 @@ fn read_range(
         }
         let chunk = v.value();
         let records = record::chunk_records(chunk_seq, chunk)?;
-        expected = chunk_seq + records.len() as u64;
+        expected = chunk_seq.saturating_add(records.len() as u64);
         for (seq, value) in (chunk_seq..).zip(records) {
             if seq < start {
                 continue;

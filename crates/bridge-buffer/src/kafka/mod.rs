@@ -69,10 +69,20 @@
 //! second event hub is the checkpoint topic; Event Hubs offers compaction only on the Premium
 //! and Dedicated tiers, so on Standard the checkpoint topic grows with retention and recovery
 //! reads all of it (a few messages per second: acceptable). Event Hubs' retention (1 to 7
-//! days on Standard) is the capacity. Event Hubs accepts idempotent producers. OAUTHBEARER
-//! with an Entra ID token is **not** implemented: this crate provides no token callback;
-//! librdkafka's own OIDC flow can be configured through [`KafkaBufferConfig::extra`] but was
-//! not tested.
+//! days on Standard) is the capacity. Event Hubs accepts idempotent producers. Instead of the
+//! connection string, [`SaslMechanism::OAuthBearer`] with an [`OAuthTokenSource`]
+//! ([`KafkaSecurity::oauth_token_source`]; the bridge's gives Entra ID tokens for
+//! `https://NAMESPACE.servicebus.windows.net/.default`). Every client of this crate answers
+//! librdkafka's token requests from it; librdkafka serves them only while a client is polled,
+//! so connect-time metadata goes through the producer (polled by librdkafka's thread) and new
+//! consumers are polled briefly before their first blocking request.
+//!
+//! ## Retention
+//!
+//! Records the topic deleted before they were delivered (the group's committed offset fell
+//! below a partition's first offset: retention shorter than an outage) cannot be delivered.
+//! The depth task detects it, logs an error per range and counts them
+//! ([`KafkaBuffer::records_lost_to_retention`], [`Buffer::records_lost`]).
 
 mod codec;
 mod config;
