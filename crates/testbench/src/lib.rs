@@ -24,7 +24,7 @@
 //!
 //! Layout:
 //! * [`config`]: configuration types and their defaults.
-//! * `tls`: the generated CA and server certificate.
+//! * `tls`: the generated CA and server certificate ([`loopback_pki`] gives them as PEM).
 //! * `http`: the listener, router and response helpers.
 //! * [`falcon`]: the Falcon emulator; `falcon::generator` builds event lines.
 //! * [`entra`]: the Entra ID emulator.
@@ -73,7 +73,8 @@ pub use falcon::{FalconEmulator, FalconStats};
 pub use faults::{Fault, Faults, MalformedKind, Target};
 pub use ingestion::{IngestionEmulator, Ledger};
 pub use kafka_front::{AuthFailure, KafkaFront, KafkaFrontConfig, KafkaFrontStats};
-pub use tansu::Tansu;
+pub use tansu::{ScramMechanism, Tansu, TansuOptions, TansuTls};
+pub use tls::{LoopbackPki, loopback_pki};
 
 /// State shared by every connection.
 #[derive(Debug)]

@@ -8,12 +8,25 @@
 //! fails the test with the command to run; tests that need a broker are never skipped
 //! silently.
 //!
+//! Security: tansu 0.6 authenticates with SASL SCRAM-SHA-256/512 (`--authentication`), but
+//! SCRAM credentials and topics can only be created while authentication is off (its
+//! admin client does not authenticate), so a secured broker is started plain, given users
+//! ([`Tansu::create_user`]) and topics, then restarted on the same sqlite file with
+//! [`Tansu::enable_authentication`]. tansu 0.6 accepts `--cert`/`--key` but never uses them
+//! (its listener builds a TLS acceptor and serves plaintext; clap even refuses both flags
+//! together), so TLS ([`TansuOptions::tls`]) is terminated by a front in this process that
+//! pipes to the broker's plaintext listener, which advertises the front.
+//!
 //! This is test infrastructure: it panics, with a message that says what failed, instead of
 //! returning errors.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// How long a starting broker may take to accept connections.
 const LISTEN_WITHIN: Duration = Duration::from_secs(30);
@@ -33,7 +46,125 @@ pub struct Tansu {
     child: Option<Child>,
     port: u16,
     advertised_port: u16,
+    authentication: bool,
+    front: Option<TlsFront>,
     dir: tempfile::TempDir,
+}
+
+/// How [`Tansu::start_with`] starts a broker.
+#[derive(Debug, Clone, Default)]
+pub struct TansuOptions {
+    /// Serve TLS with this identity: [`Tansu::broker`] is then a TLS front (in this process)
+    /// that pipes to the broker's plaintext listener, because tansu 0.6 does not serve TLS
+    /// itself.
+    pub tls: Option<TansuTls>,
+}
+
+/// A TLS server identity as PEM.
+#[derive(Clone)]
+pub struct TansuTls {
+    /// The server certificate chain (leaf first), valid for `127.0.0.1`.
+    pub cert_pem: String,
+    /// The server's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TansuTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TansuTls").finish_non_exhaustive()
+    }
+}
+
+/// A SCRAM mechanism of [`Tansu::create_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramMechanism {
+    /// `SCRAM-SHA-256`.
+    Sha256,
+    /// `SCRAM-SHA-512`.
+    Sha512,
+}
+
+/// The TLS front: a thread running a small tokio runtime that accepts TLS on loopback and
+/// pipes each connection to the broker's plaintext port. Stopped (and its connections
+/// closed) on drop.
+#[derive(Debug)]
+struct TlsFront {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsFront {
+    fn start(tls: &TansuTls, upstream: u16) -> TlsFront {
+        let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("parse the TLS certificate PEM");
+        let key =
+            PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).expect("parse the TLS key PEM");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("TLS server configuration");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS front");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking TLS front");
+        let port = listener.local_addr().expect("TLS front address").port();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("TLS front runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("TLS front listener");
+                loop {
+                    let stream = tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(_) => continue,
+                        },
+                    };
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let Ok(mut plain) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                        else {
+                            return;
+                        };
+                        let _ = plain.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    });
+                }
+            });
+            // Dropping the runtime here cancels the connections' tasks, closing them.
+        });
+        TlsFront {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Tansu {
@@ -92,10 +223,65 @@ impl Tansu {
             child: None,
             port,
             advertised_port,
+            authentication: false,
+            front: None,
             dir: tempfile::tempdir().expect("tansu tempdir"),
         };
         tansu.launch();
         tansu
+    }
+
+    /// Starts a broker on a free loopback port with `options` (authentication off; see
+    /// [`Tansu::enable_authentication`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`Tansu::start`], or if the TLS identity does not parse.
+    pub fn start_with(options: &TansuOptions) -> Tansu {
+        let Some(tls) = &options.tls else {
+            return Self::start();
+        };
+        let port = free_port();
+        let front = TlsFront::start(tls, port);
+        let mut tansu = Self::start_advertising(port, front.port);
+        tansu.front = Some(front);
+        tansu
+    }
+
+    /// Restarts the broker on the same sqlite file with SASL SCRAM authentication required
+    /// (`--authentication`). Create users and topics before: tansu 0.6 refuses its own
+    /// admin client once authentication is on.
+    ///
+    /// # Panics
+    ///
+    /// As [`Tansu::start`].
+    pub fn enable_authentication(&mut self) {
+        self.authentication = true;
+        self.restart();
+    }
+
+    /// Creates (or replaces) a SCRAM credential for `name` (`tansu user create`).
+    ///
+    /// # Panics
+    ///
+    /// If authentication is already on, or `tansu user create` cannot be run or fails.
+    pub fn create_user(&self, name: &str, password: &str, mechanism: ScramMechanism) {
+        assert!(
+            !self.authentication,
+            "tansu 0.6 creates users only while authentication is off"
+        );
+        let mechanism = match mechanism {
+            ScramMechanism::Sha256 => "scram256",
+            ScramMechanism::Sha512 => "scram512",
+        };
+        let status = Command::new(Self::bin())
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args([name, password, "--mechanism", mechanism])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tansu user create");
+        assert!(status.success(), "tansu user create {name}: {status}");
     }
 
     fn launch(&mut self) {
@@ -112,6 +298,7 @@ impl Tansu {
             .current_dir(self.dir.path())
             .args(["broker", "--storage-engine"])
             .arg(format!("sqlite://{DB_FILE}"))
+            .args(self.authentication.then_some("--authentication"))
             .args([
                 "--listener-url",
                 &url,
@@ -183,12 +370,15 @@ impl Tansu {
         self.dir.path()
     }
 
-    /// `127.0.0.1:PORT`, the broker's own listener, for `bootstrap.servers`/`brokers:`.
+    /// `127.0.0.1:PORT`, where clients connect (`bootstrap.servers`/`brokers:`): the broker's
+    /// own listener, or its TLS front when started with [`TansuOptions::tls`].
     pub fn broker(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let port = self.front.as_ref().map_or(self.port, |f| f.port);
+        format!("127.0.0.1:{port}")
     }
 
-    /// Creates a topic with `partitions` partitions.
+    /// Creates a topic with `partitions` partitions (through the plaintext listener; only
+    /// while authentication is off).
     ///
     /// # Panics
     ///

@@ -22,7 +22,51 @@ impl std::fmt::Debug for Pki {
     }
 }
 
-pub(crate) fn generate() -> anyhow::Result<Pki> {
+/// A loopback PKI as PEM: a fresh CA and a server certificate it signs for `127.0.0.1`, `::1`
+/// and `localhost` (IP SANs, because TLS clients such as librdkafka verify the host name).
+#[derive(Clone)]
+pub struct LoopbackPki {
+    /// The CA certificate; clients trust it.
+    pub ca_pem: String,
+    /// The server certificate followed by the CA certificate (the chain a server presents).
+    pub cert_pem: String,
+    /// The server's private key, PKCS#8.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for LoopbackPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopbackPki")
+            .field("ca_pem", &self.ca_pem)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a [`LoopbackPki`].
+///
+/// # Errors
+///
+/// If key generation or signing fails.
+pub fn loopback_pki() -> anyhow::Result<LoopbackPki> {
+    let g = generate_certs()?;
+    Ok(LoopbackPki {
+        cert_pem: format!("{}{}", g.leaf_pem, g.ca_pem),
+        ca_pem: g.ca_pem,
+        key_pem: g.key_pem,
+    })
+}
+
+struct Generated {
+    ca_pem: String,
+    ca_der: CertificateDer<'static>,
+    leaf_pem: String,
+    leaf_der: CertificateDer<'static>,
+    key_pem: String,
+    key_der: Vec<u8>,
+}
+
+fn generate_certs() -> anyhow::Result<Generated> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -55,8 +99,20 @@ pub(crate) fn generate() -> anyhow::Result<Pki> {
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer)?;
 
-    let chain: Vec<CertificateDer<'static>> = vec![leaf_cert.der().clone(), ca_cert.der().clone()];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    Ok(Generated {
+        ca_pem: ca_cert.pem(),
+        ca_der: ca_cert.der().clone(),
+        leaf_pem: leaf_cert.pem(),
+        leaf_der: leaf_cert.der().clone(),
+        key_pem: leaf_key.serialize_pem(),
+        key_der: leaf_key.serialize_der(),
+    })
+}
+
+pub(crate) fn generate() -> anyhow::Result<Pki> {
+    let g = generate_certs()?;
+    let chain: Vec<CertificateDer<'static>> = vec![g.leaf_der, g.ca_der];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(g.key_der));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -65,7 +121,7 @@ pub(crate) fn generate() -> anyhow::Result<Pki> {
     let kafka = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Pki {
-        ca_pem: ca_cert.pem(),
+        ca_pem: g.ca_pem,
         server_config: Arc::new(config),
         kafka_server_config: Arc::new(kafka),
     })
