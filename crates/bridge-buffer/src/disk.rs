@@ -449,12 +449,19 @@ impl DiskBuffer {
         if advanced > 0 {
             state.floor += advanced;
             state.floor_bytes += freed;
-            // Counters are checked consistent at open; saturate rather than wrap regardless,
-            // since a wrapped count would make every later append wait forever.
-            debug_assert!(
-                state.unacked_bytes >= freed,
-                "ack frees more bytes than unacknowledged"
-            );
+            // Open refuses counters that leave unacknowledged records uncounted, but cannot
+            // afford to sum every record of a large file, so a damaged or foreign file may
+            // still count fewer bytes than its records hold. Saturate (a wrapped count would
+            // make every later append wait forever) and say so; only the byte depth is off,
+            // and only until the buffer drains.
+            if state.unacked_bytes < freed {
+                tracing::warn!(
+                    unacked_bytes = state.unacked_bytes,
+                    freed,
+                    "buffer byte counters were below the records' size (a damaged or foreign \
+                     file); the byte depth is an estimate until the buffer drains"
+                );
+            }
             state.unacked_bytes = state.unacked_bytes.saturating_sub(freed);
             drop(state);
             self.shared.space.notify_waiters();
