@@ -62,6 +62,8 @@ pub const GUARANTEED_PROPERTIES: &[&str] = &[
     "group.id",
     "bootstrap.servers",
     "isolation.level",
+    // The consumer's rebalance handling assigns incrementally (cooperative protocol).
+    "partition.assignment.strategy",
 ];
 
 impl KafkaBufferConfig {

@@ -99,6 +99,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use rdkafka::client::OAuthToken;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -1131,6 +1132,43 @@ impl ClientContext for LaneContext {
 }
 
 impl ConsumerContext for LaneContext {
+    /// rdkafka's default asks librdkafka for the group's protocol (`rebalance_protocol`),
+    /// which waits forever on the group thread when the event comes while the consumer is
+    /// being closed: a deadlock seen when the buffer closed (gdb: `Inner::close` → drop of
+    /// the consumer → revoke event → `rd_kafka_rebalance_protocol`). The protocol is ours
+    /// (`cooperative-sticky`, which `extra` may not change), so assign incrementally.
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let tpl: &TopicPartitionList = tpl;
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => {
+                let code = RDKafkaErrorCode::from(other);
+                tracing::warn!(error = %code, "kafka rebalance error");
+                Rebalance::Error(KafkaError::Rebalance(code))
+            }
+        };
+        self.pre_rebalance(base_consumer, &rebalance);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                base_consumer.incremental_assign(tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                base_consumer.incremental_unassign(tpl)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "kafka incremental (un)assign failed");
+        }
+        self.post_rebalance(base_consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
