@@ -233,12 +233,7 @@ pub fn log_tail(dir: &Path, run: usize) -> String {
 }
 
 /// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
+pub use testbench::tansu::free_port;
 
 /// A tansu broker (a Kafka-compatible broker on sqlite storage) as a child process; it lives
 /// in the testbench so the crates' own Kafka tests share it.

@@ -11,7 +11,7 @@ use e2e::{
     testbench_config, write_config,
 };
 use rand::{Rng as _, SeedableRng as _};
-use testbench::{KafkaFrontConfig, Testbench};
+use testbench::{KafkaFront, KafkaFrontConfig, Testbench};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_buffer_delivers_everything_and_a_clean_restart_resends_nothing() {
@@ -113,6 +113,29 @@ async fn kafka_buffer_survives_bridge_and_broker_kills_with_nothing_lost() {
     tb.shutdown().await;
 }
 
+/// Placeholder for [`KafkaFrontConfig::upstream`]: [`event_hubs`] points it at its broker.
+const UPSTREAM_SET_BY_EVENT_HUBS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// The testbench's Event Hubs front (`front`, its `upstream` set here) before a tansu broker
+/// that advertises the front's address, with the bridge's two topics.
+async fn event_hubs(
+    tb: &Testbench,
+    mut front: KafkaFrontConfig,
+    partitions: u32,
+) -> (KafkaFront, Tansu) {
+    let tansu_port = e2e::free_port();
+    front.upstream = ([127, 0, 0, 1], tansu_port).into();
+    let front = tb
+        .start_kafka_front(front)
+        .await
+        .expect("start the Event Hubs front");
+    let tansu = Tansu::start_advertising(tansu_port, front.addr().port());
+    tansu.create_topic("falcon-events", partitions);
+    tansu.create_topic("falcon-checkpoints", 1);
+    (front, tansu)
+}
+
 /// Azure Event Hubs' Kafka endpoint, emulated: the testbench's front terminates TLS and SASL
 /// in front of tansu. The bridge authenticates with OAUTHBEARER and Entra tokens of its
 /// `sentinel.credential` identity (client secret here), scope derived from the broker host.
@@ -123,19 +146,17 @@ async fn event_hubs_oauthbearer_with_rotating_entra_tokens_delivers_everything()
     let mut tb_config = testbench_config(2);
     tb_config.entra.token_lifetime_secs = 20;
     let tb = Testbench::start(tb_config).await.expect("start testbench");
-    let tansu_port = e2e::free_port();
-    let front = tb
-        .start_kafka_front(KafkaFrontConfig {
-            upstream: ([127, 0, 0, 1], tansu_port).into(),
+    let (front, _tansu) = event_hubs(
+        &tb,
+        KafkaFrontConfig {
+            upstream: UPSTREAM_SET_BY_EVENT_HUBS,
             connection_string: None,
             oauth_audience: Some("https://127.0.0.1".to_owned()),
             authorized_clients: vec![e2e::AZURE_CLIENT_ID.to_owned()],
-        })
-        .await
-        .expect("start the Event Hubs front");
-    let tansu = Tansu::start_advertising(tansu_port, front.addr().port());
-    tansu.create_topic("falcon-events", 2);
-    tansu.create_topic("falcon-checkpoints", 1);
+        },
+        2,
+    )
+    .await;
 
     tb.falcon().append_events(0, 1_000);
     tb.falcon().append_events(1, 1_000);
@@ -214,19 +235,17 @@ async fn event_hubs_connection_string_over_tls_delivers_and_a_wrong_one_is_repor
     let tb = Testbench::start(testbench_config(1))
         .await
         .expect("start testbench");
-    let tansu_port = e2e::free_port();
-    let front = tb
-        .start_kafka_front(KafkaFrontConfig {
-            upstream: ([127, 0, 0, 1], tansu_port).into(),
+    let (front, _tansu) = event_hubs(
+        &tb,
+        KafkaFrontConfig {
+            upstream: UPSTREAM_SET_BY_EVENT_HUBS,
             connection_string: Some(CONNECTION_STRING.to_owned()),
             oauth_audience: None,
             authorized_clients: Vec::new(),
-        })
-        .await
-        .expect("start the Event Hubs front");
-    let tansu = Tansu::start_advertising(tansu_port, front.addr().port());
-    tansu.create_topic("falcon-events", 1);
-    tansu.create_topic("falcon-checkpoints", 1);
+        },
+        1,
+    )
+    .await;
     tb.falcon().append_events(0, 1_000);
 
     let dir = tempfile::tempdir().unwrap();

@@ -426,7 +426,11 @@ impl Drop for Tansu {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
+///
+/// # Panics
+///
+/// If no ephemeral port can be bound.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -14,6 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use testbench::tansu::free_port;
 use testbench::{AuthFailure, KafkaFront, KafkaFrontConfig, KafkaFrontStats, Tansu, Testbench};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -26,14 +27,6 @@ const TOPIC: &str = "front-events";
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Setup {
     tb: Testbench,
