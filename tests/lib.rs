@@ -70,6 +70,8 @@ pub struct BridgeOptions {
     pub kafka_brokers: Option<String>,
     /// Kafka consumer `session.timeout.ms` (`buffer.librdkafka_options`), when set.
     pub kafka_session_timeout_ms: Option<u64>,
+    /// Kafka `buffer.max_backlog_bytes`, when set.
+    pub kafka_max_backlog_bytes: Option<u64>,
     /// Authenticate to Azure as the testbench's user-assigned managed identity (spawn with
     /// [`managed_identity_env`]) instead of with a client secret.
     pub managed_identity: bool,
@@ -87,6 +89,7 @@ impl Default for BridgeOptions {
             admin_port: 0,
             kafka_brokers: None,
             kafka_session_timeout_ms: None,
+            kafka_max_backlog_bytes: None,
             managed_identity: false,
             kafka_security: None,
         }
@@ -153,7 +156,10 @@ tls:
                 options.buffer_max_bytes
             ),
             Some(brokers) => format!(
-                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n{}{}",
+                "buffer:\n  type: kafka\n  brokers: [\"{brokers}\"]\n  topic: falcon-events\n  checkpoint_topic: falcon-checkpoints\n  group_id: fsb-e2e\n  group_instance_id: fsb-e2e-0\n{}{}{}",
+                options
+                    .kafka_max_backlog_bytes
+                    .map_or_else(String::new, |b| format!("  max_backlog_bytes: {b}\n")),
                 options.kafka_session_timeout_ms.map_or_else(String::new, |ms| format!(
                     "  librdkafka_options:\n    session.timeout.ms: {ms}\n    heartbeat.interval.ms: {}\n",
                     (ms / 4).max(100)

@@ -472,6 +472,10 @@ async fn sigkill(profile: Profile, kafka: bool) -> Row {
     let mut rng = rand::rngs::StdRng::seed_from_u64(profile.seed);
     let options = BridgeOptions {
         kafka_brokers: tansu.as_ref().map(Tansu::broker),
+        // The smallest cap the config allows: the source pauses while the topic holds 64 MiB
+        // undelivered. It bounds tansu's fetch cost too, which grows with what a partition
+        // holds past the fetch offset (sqlite window over every record to the end).
+        kafka_max_backlog_bytes: kafka.then_some(64 << 20),
         ..BridgeOptions::default()
     };
     let mut bench = Bench::new(2, &options, |c| c.falcon.refresh_interval_secs = 3).await;

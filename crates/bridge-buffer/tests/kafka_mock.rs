@@ -366,3 +366,64 @@ async fn records_deleted_by_retention_before_delivery_are_reported() {
     );
     buf.close().await.unwrap();
 }
+
+/// With `max_backlog_bytes`, an append waits while the undelivered backlog is at the cap (the
+/// source stops reading Falcon), goes through once delivery brings the backlog down, and a
+/// close ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_wait_at_the_backlog_cap_until_delivery_makes_room() {
+    let mock = cluster(1);
+    let brokers = mock.bootstrap_servers();
+    let one = kafka_support::rec(0, 0).encoded_len() as u64;
+    let mut cfg = config(&brokers, "g");
+    cfg.max_backlog_bytes = Some(20 * one);
+    let buf = KafkaBuffer::connect(cfg).await.unwrap();
+    assert_eq!(buf.capacity_bytes(), 20 * one);
+    buf.append(recs(0, 0, 20)).await.unwrap();
+    assert_eq!(
+        buf.depth().records,
+        20,
+        "the append counts before any refresh"
+    );
+
+    let waiting = tokio::spawn({
+        let buf = buf.clone();
+        async move { buf.append(recs(0, 20, 21)).await }
+    });
+    // Two depth refreshes (every 2 s) later the backlog is still 20: still waiting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !waiting.is_finished(),
+        "an append went past the backlog cap"
+    );
+
+    let entries = read_n(&buf, 20, WITHIN).await;
+    let positions: Vec<Position> = entries.iter().map(|e| e.position).collect();
+    buf.ack(&positions).await.unwrap();
+    tokio::time::timeout(WITHIN, waiting)
+        .await
+        .expect("the append resumes once delivery made room")
+        .unwrap()
+        .unwrap();
+    let next = read_n(&buf, 1, WITHIN).await;
+    assert_eq!(next[0].record.offset, 20);
+
+    // At the cap again (20 unacknowledged + 1 read but not acknowledged): close ends the wait.
+    buf.append(recs(0, 21, 40)).await.unwrap();
+    eventually(WITHIN, "depth 20", || buf.depth().records >= 20).await;
+    let blocked = tokio::spawn({
+        let buf = buf.clone();
+        async move { buf.append(recs(0, 40, 41)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !blocked.is_finished(),
+        "an append went past the backlog cap"
+    );
+    buf.close().await.unwrap();
+    let ended = tokio::time::timeout(WITHIN, blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ended, Err(BufferError::Closed)), "{ended:?}");
+}

@@ -275,6 +275,7 @@ pub fn kafka_buffer_config(
         .ca_pem_files
         .clone_from(&cfg.tls.extra_ca_files);
     out.group_instance_id.clone_from(&kafka.group_instance_id);
+    out.max_backlog_bytes = kafka.max_backlog_bytes;
     out.extra.clone_from(&kafka.librdkafka_options);
     Ok(out)
 }

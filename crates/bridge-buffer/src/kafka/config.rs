@@ -33,9 +33,17 @@ pub struct KafkaBufferConfig {
     pub security: KafkaSecurity,
     /// Bound on the memory librdkafka may use for events: half for the consumer's prefetch queue
     /// (`queued.max.messages.kbytes`), half for the producer queue (`queue.buffering.max.kbytes`).
-    /// Also what [`capacity_bytes`](crate::Buffer::capacity_bytes) reports; Kafka's retention is
-    /// the real bound on what the buffer holds.
+    /// Also what [`capacity_bytes`](crate::Buffer::capacity_bytes) reports when
+    /// [`max_backlog_bytes`](Self::max_backlog_bytes) is unset.
     pub max_bytes: u64,
+    /// Cap on the undelivered backlog the topic may hold: appends wait while
+    /// [`depth`](crate::Buffer::depth)`.bytes` (undelivered records × the mean record size seen)
+    /// is at or above it, so the source stops reading and Falcon keeps the events, instead of
+    /// the topic's retention deleting records before they are delivered. The depth is
+    /// refreshed from the brokers every two seconds and raised by every append in between, so
+    /// the backlog can pass the cap by what the appends already waiting add. `None`: no cap;
+    /// the topic's retention is the bound (see the module docs).
+    pub max_backlog_bytes: Option<u64>,
     /// Raw librdkafka properties applied last (for both producer and consumer). Properties the
     /// delivery guarantee depends on are refused (see [`GUARANTEED_PROPERTIES`]).
     pub extra: BTreeMap<String, String>,
@@ -82,6 +90,7 @@ impl KafkaBufferConfig {
             group_instance_id: None,
             security: KafkaSecurity::default(),
             max_bytes: 128 * 1024 * 1024,
+            max_backlog_bytes: None,
             extra: BTreeMap::new(),
             connect_timeout: Duration::from_secs(15),
             close_timeout: Duration::from_secs(30),
@@ -116,6 +125,9 @@ impl KafkaBufferConfig {
         }
         if self.max_bytes < 2 * 1024 * 1024 {
             return bad("max_bytes must be at least 2 MiB".into());
+        }
+        if self.max_backlog_bytes == Some(0) {
+            return bad("max_backlog_bytes must be positive (or unset: no cap)".into());
         }
         let s = &self.security;
         if s.protocol.is_sasl() {
@@ -195,6 +207,14 @@ impl KafkaBufferConfig {
     }
 
     /// Applies [`extra`](Self::extra) last.
+    /// The producer's `message.max.bytes`: from `extra`, else librdkafka's default.
+    pub(crate) fn message_max_bytes(&self) -> usize {
+        self.extra
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(super::DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
     pub(crate) fn apply_extra(&self, c: &mut ClientConfig) {
         for (k, v) in &self.extra {
             c.set(k, v);
@@ -222,6 +242,7 @@ impl fmt::Debug for KafkaBufferConfig {
             .field("group_instance_id", &self.group_instance_id)
             .field("security", &self.security)
             .field("max_bytes", &self.max_bytes)
+            .field("max_backlog_bytes", &self.max_backlog_bytes)
             .field("extra", &extra)
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)

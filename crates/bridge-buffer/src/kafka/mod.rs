@@ -43,11 +43,15 @@
 //! * **Memory is bounded.** The consumer prefetch is bounded by `queued.max.messages.kbytes`
 //!   (half of `max_bytes`), the producer queue by the other half, [`Buffer::read`] by its
 //!   arguments.
-//! * **Capacity.** [`Buffer::capacity_bytes`] reports `max_bytes`; appends do not wait on it.
-//!   Kafka's retention is the real bound on what the buffer holds, and a record retention
-//!   deletes before it is delivered is lost: size retention (and alert on
-//!   [`Buffer::depth`], = Σ over partitions of high watermark − committed offset, refreshed
-//!   every two seconds; bytes estimated from the mean record size seen) accordingly.
+//! * **Capacity.** [`Buffer::depth`] is Σ over partitions of high watermark − committed
+//!   offset, refreshed every two seconds and raised by each append in between; bytes are
+//!   estimated from the mean record size seen. With
+//!   [`KafkaBufferConfig::max_backlog_bytes`] set, appends wait while the depth is at or above
+//!   it (the source stops reading; Falcon keeps the events), and
+//!   [`Buffer::capacity_bytes`] reports it. Without it appends never wait on the backlog,
+//!   `capacity_bytes` reports `max_bytes`, and Kafka's retention is the bound on what the
+//!   buffer holds: a record retention deletes before it is delivered is lost (and reported,
+//!   see below), so size retention, or set the cap below it.
 //! * A record in the event topic without our headers makes [`Buffer::read`] fail with
 //!   [`BufferError::CorruptRecord`] (seq = its Kafka offset) and is never acknowledged, so its
 //!   partition's commit stops there until an operator acts; the resume scan ignores it.
@@ -148,6 +152,10 @@ struct Inner {
     topic: String,
     checkpoint_topic: String,
     max_bytes: u64,
+    max_backlog_bytes: Option<u64>,
+    /// Notified after every depth refresh (and on close): appends waiting for backlog room
+    /// look again.
+    depth_refreshed: tokio::sync::Notify,
     message_max_bytes: usize,
     close_timeout: Duration,
     producer: FutureProducer<LogContext>,
@@ -264,12 +272,6 @@ impl KafkaBuffer {
                 .map_err(kafka("create consumer"))?,
         );
 
-        let message_max_bytes = config
-            .extra
-            .get("message.max.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
-
         let brokers = config.brokers.join(",");
         let timeout = config.connect_timeout;
         // Metadata through the producer: its polling thread serves librdkafka's events (an
@@ -327,7 +329,9 @@ impl KafkaBuffer {
             topic: config.topic.clone(),
             checkpoint_topic: config.checkpoint_topic.clone(),
             max_bytes: config.max_bytes,
-            message_max_bytes,
+            max_backlog_bytes: config.max_backlog_bytes,
+            depth_refreshed: tokio::sync::Notify::new(),
+            message_max_bytes: config.message_max_bytes(),
             close_timeout: config.close_timeout,
             producer,
             consumer: Mutex::new(Some(consumer)),
@@ -530,6 +534,7 @@ impl Inner {
                 reason: "record larger than message.max.bytes",
             });
         }
+        self.wait_for_backlog_room().await?;
         let id = self.next_append_id.fetch_add(1, Ordering::Relaxed);
         let _inflight = {
             let mut progress = lock(&self.progress);
@@ -576,7 +581,50 @@ impl Inner {
             }
         }
         self.note_sizes(records.len() as u64, bytes);
+        // Until the next refresh, the depth counts these too (the cap must see them).
+        self.depth_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// With a backlog cap, waits while the depth is at or above it: the caller (the source)
+    /// stops reading Falcon, which keeps the events, rather than the topic holding more than
+    /// its retention may keep. Each depth refresh (every [`DEPTH_REFRESH`]) wakes the waiters.
+    async fn wait_for_backlog_room(&self) -> Result<(), BufferError> {
+        let Some(cap) = self.max_backlog_bytes else {
+            return Ok(());
+        };
+        let mut closed = self.closed.subscribe();
+        let mut waited = false;
+        loop {
+            // Registered before the check, so a refresh between the two is not missed.
+            let refreshed = self.depth_refreshed.notified();
+            self.check_open()?;
+            let depth = self.depth();
+            if depth.bytes < cap {
+                if waited {
+                    tracing::debug!(
+                        depth_bytes = depth.bytes,
+                        cap,
+                        "kafka backlog below its cap; appending again"
+                    );
+                }
+                return Ok(());
+            }
+            if !waited {
+                tracing::debug!(
+                    depth_records = depth.records,
+                    depth_bytes = depth.bytes,
+                    cap,
+                    "kafka backlog at its cap (buffer.max_backlog_bytes): append waits"
+                );
+                waited = true;
+            }
+            tokio::select! {
+                () = refreshed => {}
+                _ = closed.wait_for(|c| *c) => return Err(BufferError::Closed),
+            }
+        }
     }
 
     /// Maps a producer error; a fatal one (idempotence or gapless guarantee broken) fails the
@@ -856,6 +904,7 @@ impl Inner {
             }
             Err(e) => tracing::debug!(error = %e, "depth refresh failed"),
         }
+        self.depth_refreshed.notify_waiters();
     }
 
     /// The group's committed offset of a partition is below the partition's first offset:
@@ -1005,7 +1054,7 @@ impl Buffer for KafkaBuffer {
     }
 
     fn capacity_bytes(&self) -> u64 {
-        self.inner.max_bytes
+        self.inner.max_backlog_bytes.unwrap_or(self.inner.max_bytes)
     }
 
     fn records_lost(&self) -> u64 {

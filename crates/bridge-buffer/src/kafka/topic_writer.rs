@@ -9,9 +9,7 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::client::Client;
 
-use super::{
-    DEFAULT_MESSAGE_MAX_BYTES, KafkaBufferConfig, LogContext, blocking, enqueue, producer_config,
-};
+use super::{KafkaBufferConfig, LogContext, blocking, enqueue, producer_config};
 use crate::BufferError;
 
 /// Bytes a message needs besides its key and value in a record batch (headers, lengths,
@@ -62,11 +60,6 @@ impl TopicWriter {
                 operation: "create topic producer",
                 source,
             })?;
-        let message_max_bytes = config
-            .extra
-            .get("message.max.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         {
             let producer = producer.clone();
             let topic = topic.to_owned();
@@ -78,7 +71,7 @@ impl TopicWriter {
         Ok(Self {
             producer,
             topic: topic.to_owned(),
-            message_max_bytes,
+            message_max_bytes: config.message_max_bytes(),
         })
     }
 

@@ -240,6 +240,9 @@ pub struct KafkaBufferConfig {
     pub group_id: String,
     /// Static group membership id (`group.instance.id`), if set.
     pub group_instance_id: Option<String>,
+    /// Cap on the topic's undelivered backlog (estimated bytes); reading from Falcon pauses
+    /// at it. `None`: no cap, the topic's retention bounds the backlog.
+    pub max_backlog_bytes: Option<u64>,
     /// Raw librdkafka properties, applied last (never those the guarantee rests on).
     pub librdkafka_options: BTreeMap<String, String>,
     /// Connection security.

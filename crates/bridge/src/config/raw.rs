@@ -356,6 +356,9 @@ pub(crate) struct RawBuffer {
     /// kafka: consumer group.
     #[serde(default)]
     pub(crate) group_id: Option<String>,
+    /// kafka: cap on the undelivered backlog in the topic; the source pauses at it.
+    #[serde(default)]
+    pub(crate) max_backlog_bytes: Option<u64>,
     /// kafka: static group membership (KIP-345): a restarted bridge takes its partitions
     /// back at once instead of after the session timeout.
     #[serde(default)]

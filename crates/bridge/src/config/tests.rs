@@ -1119,3 +1119,22 @@ fn binary_secret_files_are_bounded_and_env_is_refused() {
         Err(SecretError::NotAFile { .. })
     ));
 }
+
+#[test]
+fn kafka_backlog_cap() {
+    let base = MIN.to_owned() + "buffer:\n  type: kafka\n  brokers: [kafka-0:9092]\n";
+    let kafka = |config: &Config| match &config.buffer {
+        BufferConfig::Kafka(k) => k.max_backlog_bytes,
+        BufferConfig::Disk(_) => panic!("kafka"),
+    };
+    assert_eq!(kafka(&ok(&base)), None, "no cap unless set");
+    let config = ok(&(base.clone() + "  max_backlog_bytes: 53687091200\n"));
+    assert_eq!(kafka(&config), Some(53_687_091_200));
+
+    let error = single(&(base + "  max_backlog_bytes: 1048576\n"));
+    assert_eq!(error.path, "buffer.max_backlog_bytes");
+    assert!(error.message.contains("out of range"), "{error}");
+    // A Kafka key under a disk buffer is named.
+    let error = single(&(MIN.to_owned() + "buffer:\n  max_backlog_bytes: 1073741824\n"));
+    assert_eq!(error.path, "buffer.max_backlog_bytes");
+}

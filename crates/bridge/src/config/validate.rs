@@ -16,7 +16,7 @@ use super::model::{
 };
 use super::raw::{
     self, RawBuffer, RawConfig, RawCredential, RawDeadLetter, RawFalcon, RawKafkaSecurity,
-    RawPartitions, RawSecret, RawSentinel,
+    RawPartitions, RawScalar, RawSecret, RawSentinel,
 };
 use super::secret::SecretRef;
 
@@ -577,8 +577,8 @@ fn falcon(v: &mut Issues, raw: RawFalcon) -> Option<FalconConfig> {
 }
 
 const DISK_KEYS: &str = "path, max_bytes";
-const KAFKA_KEYS: &str =
-    "brokers, topic, checkpoint_topic, group_id, group_instance_id, librdkafka_options, security";
+const KAFKA_KEYS: &str = "brokers, topic, checkpoint_topic, group_id, group_instance_id, \
+     max_backlog_bytes, librdkafka_options, security";
 
 fn buffer(v: &mut Issues, raw: RawBuffer, max_event_bytes: Option<usize>) -> Option<BufferConfig> {
     match raw.kind.unwrap_or(BufferType::Disk) {
@@ -593,6 +593,7 @@ fn buffer(v: &mut Issues, raw: RawBuffer, max_event_bytes: Option<usize>) -> Opt
                     (raw.checkpoint_topic.is_some(), "buffer.checkpoint_topic"),
                     (raw.group_id.is_some(), "buffer.group_id"),
                     (raw.group_instance_id.is_some(), "buffer.group_instance_id"),
+                    (raw.max_backlog_bytes.is_some(), "buffer.max_backlog_bytes"),
                     (
                         raw.librdkafka_options.is_some(),
                         "buffer.librdkafka_options",
@@ -688,8 +689,39 @@ fn kafka_buffer(v: &mut Issues, raw: RawBuffer) -> Option<BufferConfig> {
     if let Some(id) = &raw.group_instance_id {
         kafka_name(v, "buffer.group_instance_id", id);
     }
+    let max_backlog_bytes = raw.max_backlog_bytes.map(|cap| {
+        v.range(
+            "buffer.max_backlog_bytes",
+            cap,
+            64 * 1024 * 1024,
+            u64::MAX,
+            "at least 64 MiB; keep it below what the topic's retention holds",
+        )
+    });
+    let librdkafka_options = librdkafka_options(v, raw.librdkafka_options.unwrap_or_default());
+    let raw_security = raw.security.unwrap_or_default();
+    oauth_scope_needs_oauthbearer(v, &raw_security);
+    let security = kafka_security(v, raw_security, &brokers);
+    Some(BufferConfig::Kafka(KafkaBufferConfig {
+        brokers,
+        topic,
+        checkpoint_topic,
+        group_id,
+        group_instance_id: raw.group_instance_id,
+        max_backlog_bytes,
+        librdkafka_options,
+        security,
+    }))
+}
+
+/// `buffer.librdkafka_options`, without what the guarantee rests on, what has a key of its own,
+/// and secrets (each refused with its path).
+fn librdkafka_options(
+    v: &mut Issues,
+    raw: BTreeMap<String, RawScalar>,
+) -> BTreeMap<String, String> {
     let mut librdkafka_options = BTreeMap::new();
-    for (key, value) in raw.librdkafka_options.unwrap_or_default() {
+    for (key, value) in raw {
         let path = format!("buffer.librdkafka_options.{key}");
         if bridge_buffer::kafka::GUARANTEED_PROPERTIES.contains(&key.as_str())
             || OWN_KEY_LIBRDKAFKA_OPTIONS.contains(&key.as_str())
@@ -712,18 +744,7 @@ fn kafka_buffer(v: &mut Issues, raw: RawBuffer) -> Option<BufferConfig> {
             librdkafka_options.insert(key, value.into_text());
         }
     }
-    let raw_security = raw.security.unwrap_or_default();
-    oauth_scope_needs_oauthbearer(v, &raw_security);
-    let security = kafka_security(v, raw_security, &brokers);
-    Some(BufferConfig::Kafka(KafkaBufferConfig {
-        brokers,
-        topic,
-        checkpoint_topic,
-        group_id,
-        group_instance_id: raw.group_instance_id,
-        librdkafka_options,
-        security,
-    }))
+    librdkafka_options
 }
 
 /// librdkafka properties `buffer.librdkafka_options` may not set besides the buffer's
