@@ -143,9 +143,8 @@ async fn round_trip(make: impl Fn() -> KafkaBufferConfig) {
 }
 
 /// `connect` with `c` fails within its connect timeout (plus slack for the scan's several
-/// requests); returns the error text. librdkafka's cause (authentication, certificate) is only
-/// in its log: the error `connect` returns is the metadata request's
-/// `BrokerTransportFailure`.
+/// requests); returns the error text. The metadata request itself fails with
+/// `BrokerTransportFailure`; the error carries librdkafka's last reported cause.
 async fn connect_fails(c: KafkaBufferConfig) -> String {
     let bound = c.connect_timeout * 3;
     let outcome = tokio::time::timeout(bound, KafkaBuffer::connect(c))
@@ -199,6 +198,10 @@ async fn wrong_password_fails_connect_and_librdkafka_names_authentication() {
     ))
     .await;
     assert!(err.contains("metadata request failed"), "{err}");
+    assert!(
+        err.contains("SASL authentication error"),
+        "the error names the cause: {err}"
+    );
     let log = logged_for(&s.tansu.broker());
     assert!(
         log.contains("SASL authentication error: SASL SCRAM authentication failed"),
@@ -214,6 +217,10 @@ async fn untrusted_ca_fails_connect_and_librdkafka_names_certificate_verificatio
     c.security.ca_pem_files.clear();
     let err = connect_fails(c).await;
     assert!(err.contains("metadata request failed"), "{err}");
+    assert!(
+        err.contains("certificate verify failed"),
+        "the error names the cause: {err}"
+    );
     let log = logged_for(&s.tansu.broker());
     assert!(
         log.contains("SSL handshake failed") && log.contains("certificate verify failed"),

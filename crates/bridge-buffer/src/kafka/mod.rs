@@ -258,8 +258,9 @@ impl KafkaBuffer {
         let base = config.client_config()?;
         let kafka = |operation| move |source| BufferError::Kafka { operation, source };
 
+        let log = LogContext::new(&config);
         let producer: FutureProducer<LogContext> = producer_config(&base, &config)
-            .create_with_context(LogContext::new(&config))
+            .create_with_context(log.clone())
             .map_err(kafka("create producer"))?;
         let cc = consumer_config(&base, &config);
         let read_state = Arc::new(Mutex::new(ReadState::default()));
@@ -282,8 +283,8 @@ impl KafkaBuffer {
             let (topic, ckpt) = (config.topic.clone(), config.checkpoint_topic.clone());
             blocking(move || {
                 Ok((
-                    topic_partitions(producer.client(), &topic, &brokers, timeout)?,
-                    topic_partitions(producer.client(), &ckpt, &brokers, timeout)?,
+                    topic_partitions(producer.client(), &log, &topic, &brokers, timeout)?,
+                    topic_partitions(producer.client(), &log, &ckpt, &brokers, timeout)?,
                 ))
             })
             .await?
@@ -1071,13 +1072,23 @@ impl Buffer for KafkaBuffer {
 #[derive(Clone, Default)]
 pub(crate) struct LogContext {
     oauth: Option<Arc<dyn OAuthTokenSource>>,
+    /// The newest error librdkafka reported (authentication, TLS, transport): the cause of a
+    /// failed metadata request, which itself only says the brokers were not reached.
+    /// Shared by the clones (a client's context is a clone of the one its creator keeps).
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl LogContext {
     pub(crate) fn new(config: &KafkaBufferConfig) -> Self {
         Self {
             oauth: config.security.oauth_token_source.clone(),
+            last_error: Arc::default(),
         }
+    }
+
+    /// The newest error librdkafka reported through this client, if any.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
     }
 
     /// Whether tokens are served (the client must then be polled before blocking requests).
@@ -1090,6 +1101,7 @@ impl fmt::Debug for LogContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LogContext")
             .field("oauth", &self.oauth.is_some())
+            .field("last_error", &self.last_error())
             .finish()
     }
 }
@@ -1098,9 +1110,26 @@ impl ClientContext for LogContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        ) {
+            *lock(&self.last_error) = Some(log_message.to_owned());
+        }
         log_librdkafka(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
+        // "n/n brokers are down" follows the cause (authentication, TLS); keep the cause.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *lock(&self.last_error) = Some(if reason.is_empty() {
+                error.to_string()
+            } else {
+                reason.to_owned()
+            });
+        }
         client_error(self.oauth.as_deref(), &error, reason);
     }
     fn generate_oauth_token(

@@ -204,7 +204,13 @@ fn start_and_end(
     timeout: Duration,
 ) -> Result<Bounds, BufferError> {
     let kafka = |operation| move |source| BufferError::Kafka { operation, source };
-    let partitions = topic_partitions(consumer.client(), topic, brokers, timeout)?;
+    let partitions = topic_partitions(
+        consumer.client(),
+        consumer.context(),
+        topic,
+        brokers,
+        timeout,
+    )?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

@@ -54,18 +54,19 @@ impl TopicWriter {
         }
         let base = config.client_config()?;
         let pc = producer_config(&base, config);
-        let producer: FutureProducer<LogContext> = pc
-            .create_with_context(LogContext::new(config))
-            .map_err(|source| BufferError::Kafka {
-                operation: "create topic producer",
-                source,
-            })?;
+        let log = LogContext::new(config);
+        let producer: FutureProducer<LogContext> =
+            pc.create_with_context(log.clone())
+                .map_err(|source| BufferError::Kafka {
+                    operation: "create topic producer",
+                    source,
+                })?;
         {
             let producer = producer.clone();
             let topic = topic.to_owned();
             let brokers = config.brokers.join(",");
             let timeout = config.connect_timeout;
-            blocking(move || topic_partitions(producer.client(), &topic, &brokers, timeout))
+            blocking(move || topic_partitions(producer.client(), &log, &topic, &brokers, timeout))
                 .await?;
         }
         Ok(Self {
@@ -129,9 +130,12 @@ impl TopicWriter {
 }
 
 /// Number of partitions of `topic`, or a [`BufferError::KafkaTopic`] naming the topic and the
-/// brokers (the same checks as the buffer's own topics).
+/// brokers (the same checks as the buffer's own topics). `log` is the client's context (or a
+/// clone): a failed request says only that no broker answered, so the error adds the last
+/// cause librdkafka reported (authentication, TLS).
 pub(crate) fn topic_partitions<C: ClientContext>(
     client: &Client<C>,
+    log: &LogContext,
     topic: &str,
     brokers: &str,
     timeout: Duration,
@@ -141,9 +145,12 @@ pub(crate) fn topic_partitions<C: ClientContext>(
         brokers: brokers.to_owned(),
         reason,
     };
-    let md = client
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| unusable(format!("metadata request failed: {e}")))?;
+    let md = client.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        unusable(match log.last_error() {
+            Some(cause) => format!("metadata request failed: {e}; librdkafka: {cause}"),
+            None => format!("metadata request failed: {e}"),
+        })
+    })?;
     let t = md
         .topics()
         .iter()
