@@ -101,13 +101,7 @@ impl TlsFront {
             .expect("parse the TLS certificate PEM");
         let key =
             PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).expect("parse the TLS key PEM");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("TLS server configuration");
+        let config = crate::tls::server_config(certs, key).expect("TLS server configuration");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS front");
         listener

@@ -109,15 +109,24 @@ fn generate_certs() -> anyhow::Result<Generated> {
     })
 }
 
+/// A TLS server configuration (aws-lc-rs, TLS 1.2 and 1.3, no client certificates) serving
+/// `chain` (leaf first) with `key`.
+pub(crate) fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?)
+}
+
 pub(crate) fn generate() -> anyhow::Result<Pki> {
     let g = generate_certs()?;
     let chain: Vec<CertificateDer<'static>> = vec![g.leaf_der, g.ca_der];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(g.key_der));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let mut config = server_config(chain, key)?;
     let kafka = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Pki {
