@@ -266,7 +266,7 @@ impl KafkaBuffer {
         let read_state = Arc::new(Mutex::new(ReadState::default()));
         let context = LaneContext {
             read_state: Arc::clone(&read_state),
-            oauth: config.security.oauth_token_source.clone(),
+            log: log.clone(),
         };
         let consumer: Arc<GroupConsumer> = Arc::new(
             cc.create_with_context(context)
@@ -1187,25 +1187,26 @@ fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
 }
 
 /// The consumer's context: keeps [`ReadState`] in step with rebalances.
+/// Logs, errors and tokens as [`LogContext`] handles them.
 struct LaneContext {
     read_state: Arc<Mutex<ReadState>>,
-    oauth: Option<Arc<dyn OAuthTokenSource>>,
+    log: LogContext,
 }
 
 impl ClientContext for LaneContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_librdkafka(level, fac, log_message);
+        self.log.log(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        client_error(self.oauth.as_deref(), &error, reason);
+        self.log.error(error, reason);
     }
     fn generate_oauth_token(
         &self,
-        _oauthbearer_config: Option<&str>,
+        oauthbearer_config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        oauth_token(self.oauth.as_deref())
+        self.log.generate_oauth_token(oauthbearer_config)
     }
 }
 
