@@ -245,6 +245,14 @@ pub use testbench::tansu::free_port;
 /// in the testbench so the crates' own Kafka tests share it.
 pub use testbench::tansu::Tansu;
 
+/// Creates the topics [`write_config`] names for a Kafka buffer on `tansu`: `falcon-events`
+/// with `partitions` partitions and `falcon-checkpoints` with one. Returns `tansu`.
+pub fn with_bridge_topics(tansu: Tansu, partitions: u32) -> Tansu {
+    tansu.create_topic("falcon-events", partitions);
+    tansu.create_topic("falcon-checkpoints", 1);
+    tansu
+}
+
 /// [`spawn_bridge`] with extra environment variables for the child (the fault suite's
 /// `LD_PRELOAD` shim and its knobs): the environment is otherwise cleared the same way.
 pub fn spawn_bridge_with_env(

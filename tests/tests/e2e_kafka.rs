@@ -15,9 +15,7 @@ use testbench::{KafkaFront, KafkaFrontConfig, Testbench};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_buffer_delivers_everything_and_a_clean_restart_resends_nothing() {
-    let tansu = Tansu::start();
-    tansu.create_topic("falcon-events", 2);
-    tansu.create_topic("falcon-checkpoints", 1);
+    let tansu = e2e::with_bridge_topics(Tansu::start(), 2);
     let tb = Testbench::start(testbench_config(2))
         .await
         .expect("start testbench");
@@ -60,9 +58,7 @@ async fn kafka_buffer_delivers_everything_and_a_clean_restart_resends_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_buffer_survives_bridge_and_broker_kills_with_nothing_lost() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_124);
-    let mut tansu = Tansu::start();
-    tansu.create_topic("falcon-events", 2);
-    tansu.create_topic("falcon-checkpoints", 1);
+    let mut tansu = e2e::with_bridge_topics(Tansu::start(), 2);
 
     let tb = Testbench::start(testbench_config(2))
         .await
@@ -131,9 +127,7 @@ async fn event_hubs(
         .await
         .expect("start the Event Hubs front");
     let tansu = Tansu::start_advertising(tansu_port, front.addr().port());
-    tansu.create_topic("falcon-events", partitions);
-    tansu.create_topic("falcon-checkpoints", 1);
-    (front, tansu)
+    (front, e2e::with_bridge_topics(tansu, partitions))
 }
 
 /// Azure Event Hubs' Kafka endpoint, emulated: the testbench's front terminates TLS and SASL

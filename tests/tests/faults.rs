@@ -463,12 +463,7 @@ async fn sigkill(profile: Profile, kafka: bool) -> Row {
         row.fail("tansu is not installed: run scripts/provision-tansu.sh");
         return row;
     }
-    let tansu = kafka.then(|| {
-        let tansu = Tansu::start();
-        tansu.create_topic("falcon-events", 2);
-        tansu.create_topic("falcon-checkpoints", 1);
-        tansu
-    });
+    let tansu = kafka.then(|| e2e::with_bridge_topics(Tansu::start(), 2));
     let mut rng = rand::rngs::StdRng::seed_from_u64(profile.seed);
     let options = BridgeOptions {
         kafka_brokers: tansu.as_ref().map(Tansu::broker),
@@ -1100,9 +1095,7 @@ async fn kafka_broker_kill(profile: Profile) -> Row {
         return row;
     }
     let scale = if profile.full { 3 } else { 1 };
-    let mut tansu = Tansu::start();
-    tansu.create_topic("falcon-events", 2);
-    tansu.create_topic("falcon-checkpoints", 1);
+    let mut tansu = e2e::with_bridge_topics(Tansu::start(), 2);
     let options = BridgeOptions {
         kafka_brokers: Some(tansu.broker()),
         ..BridgeOptions::default()
