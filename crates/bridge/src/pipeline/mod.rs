@@ -57,7 +57,9 @@ pub async fn run(
     let admin_listener = admin::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("bind the admin listener on {}", cfg.admin.listen))?;
-    info!(admin = %cfg.admin.listen, "admin listener bound");
+    // The bound address: with port 0 in the config, the port the system chose.
+    let bound = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
+    info!(admin = %bound, "admin listener bound");
     let admin = Admin {
         readiness: Arc::new(Readiness::default()),
         metrics: admin::MetricsSlot::default(),
