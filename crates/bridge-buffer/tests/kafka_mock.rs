@@ -367,9 +367,39 @@ async fn records_deleted_by_retention_before_delivery_are_reported() {
     buf.close().await.unwrap();
 }
 
+/// Starts appending record `offset` of Falcon partition 0 and checks, `after` later, that the
+/// append is still waiting (the backlog cap holds it).
+async fn append_waits(
+    buf: &KafkaBuffer,
+    offset: u64,
+    after: Duration,
+) -> tokio::task::JoinHandle<Result<(), BufferError>> {
+    let append = tokio::spawn({
+        let buf = buf.clone();
+        async move { buf.append(recs(0, offset, offset + 1)).await }
+    });
+    tokio::time::sleep(after).await;
+    assert!(
+        !append.is_finished(),
+        "an append went past the backlog cap: {:?}",
+        buf.depth()
+    );
+    append
+}
+
+/// Closes `buf` and checks that the waiting `append` ends with `Closed`.
+async fn close_ends_the_wait(
+    buf: &KafkaBuffer,
+    append: tokio::task::JoinHandle<Result<(), BufferError>>,
+) {
+    buf.close().await.unwrap();
+    let ended = tokio::time::timeout(WITHIN, append).await.unwrap().unwrap();
+    assert!(matches!(ended, Err(BufferError::Closed)), "{ended:?}");
+}
+
 /// With `max_backlog_bytes`, an append waits while the undelivered backlog is at the cap (the
 /// source stops reading Falcon), goes through once delivery brings the backlog down, and a
-/// close ends the wait.
+/// close ends the wait. A restarted process knows the backlog before its first append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_wait_at_the_backlog_cap_until_delivery_makes_room() {
     let mock = cluster(1);
@@ -377,7 +407,7 @@ async fn appends_wait_at_the_backlog_cap_until_delivery_makes_room() {
     let one = kafka_support::rec(0, 0).encoded_len() as u64;
     let mut cfg = config(&brokers, "g");
     cfg.max_backlog_bytes = Some(20 * one);
-    let buf = KafkaBuffer::connect(cfg).await.unwrap();
+    let buf = KafkaBuffer::connect(cfg.clone()).await.unwrap();
     assert_eq!(buf.capacity_bytes(), 20 * one);
     buf.append(recs(0, 0, 20)).await.unwrap();
     assert_eq!(
@@ -386,17 +416,8 @@ async fn appends_wait_at_the_backlog_cap_until_delivery_makes_room() {
         "the append counts before any refresh"
     );
 
-    let waiting = tokio::spawn({
-        let buf = buf.clone();
-        async move { buf.append(recs(0, 20, 21)).await }
-    });
     // Two depth refreshes (every 2 s) later the backlog is still 20: still waiting.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        !waiting.is_finished(),
-        "an append went past the backlog cap"
-    );
-
+    let waiting = append_waits(&buf, 20, Duration::from_secs(5)).await;
     let entries = read_n(&buf, 20, WITHIN).await;
     let positions: Vec<Position> = entries.iter().map(|e| e.position).collect();
     buf.ack(&positions).await.unwrap();
@@ -411,19 +432,12 @@ async fn appends_wait_at_the_backlog_cap_until_delivery_makes_room() {
     // At the cap again (20 unacknowledged + 1 read but not acknowledged): close ends the wait.
     buf.append(recs(0, 21, 40)).await.unwrap();
     eventually(WITHIN, "depth 20", || buf.depth().records >= 20).await;
-    let blocked = tokio::spawn({
-        let buf = buf.clone();
-        async move { buf.append(recs(0, 40, 41)).await }
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        !blocked.is_finished(),
-        "an append went past the backlog cap"
-    );
-    buf.close().await.unwrap();
-    let ended = tokio::time::timeout(WITHIN, blocked)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(ended, Err(BufferError::Closed)), "{ended:?}");
+    let blocked = append_waits(&buf, 40, Duration::from_secs(1)).await;
+    close_ends_the_wait(&buf, blocked).await;
+
+    // A restarted process knows the backlog before its first append: it waits at once.
+    let buf = KafkaBuffer::connect(cfg).await.unwrap();
+    assert_eq!(buf.depth().records, 20, "connect refreshed the depth");
+    let restarted = append_waits(&buf, 40, Duration::from_secs(3)).await;
+    close_ends_the_wait(&buf, restarted).await;
 }

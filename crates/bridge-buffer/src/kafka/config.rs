@@ -39,9 +39,11 @@ pub struct KafkaBufferConfig {
     /// Cap on the undelivered backlog the topic may hold: appends wait while
     /// [`depth`](crate::Buffer::depth)`.bytes` (undelivered records × the mean record size seen)
     /// is at or above it, so the source stops reading and Falcon keeps the events, instead of
-    /// the topic's retention deleting records before they are delivered. The depth is
-    /// refreshed from the brokers every two seconds and raised by every append in between, so
-    /// the backlog can pass the cap by what the appends already waiting add. `None`: no cap;
+    /// the topic's retention deleting records before they are delivered. `connect` reads the
+    /// depth once before it returns (if that fails, appends wait for the first refresh that
+    /// succeeds); it is then refreshed from the brokers every two seconds and raised by every
+    /// append in between, so the backlog can pass the cap by what the appends already
+    /// waiting add. `None`: no cap;
     /// the topic's retention is the bound (see the module docs).
     pub max_backlog_bytes: Option<u64>,
     /// Raw librdkafka properties applied last (for both producer and consumer). Properties the

@@ -174,6 +174,10 @@ struct Inner {
     failed: Mutex<Option<String>>,
     commit_pending: AtomicBool,
     depth_records: AtomicU64,
+    /// Whether a depth refresh succeeded yet; with a backlog cap, appends wait until then.
+    depth_known: AtomicBool,
+    /// Depth refreshes failed in a row (logged as a warning now and then when a cap waits).
+    depth_failures: AtomicU64,
     /// Records found deleted from the topic before delivery (see `report_retention_loss`).
     retention_lost: AtomicU64,
     /// Per partition, the first offset up to which a retention loss was reported.
@@ -322,11 +326,32 @@ impl KafkaBuffer {
             // yet: no message can be taken here.
             let _ = tokio::time::timeout(EVENT_SERVE_TIME, consumer.recv()).await;
         }
-        consumer
+
+        let inner = Arc::new(Inner::new(
+            &config, producer, consumer, read_state, recovered,
+        ));
+        // The depth is known when `connect` returns (the backlog cap needs it: a restarted
+        // process must not append past the cap before its first refresh). Before the group
+        // join: the committed offsets are not answered while a rebalance is in progress.
+        inner.refresh_depth(depth_timeout(timeout)).await;
+        inner
+            .consumer()?
             .subscribe(&[&config.topic])
             .map_err(kafka("subscribe"))?;
+        spawn_background(&inner, config.commit_interval, timeout);
+        Ok(Self { inner })
+    }
+}
 
-        let inner = Arc::new(Inner {
+impl Inner {
+    fn new(
+        config: &KafkaBufferConfig,
+        producer: FutureProducer<LogContext>,
+        consumer: Arc<GroupConsumer>,
+        read_state: Arc<Mutex<ReadState>>,
+        recovered: resume::Recovered,
+    ) -> Self {
+        Self {
             topic: config.topic.clone(),
             checkpoint_topic: config.checkpoint_topic.clone(),
             max_bytes: config.max_bytes,
@@ -350,14 +375,14 @@ impl KafkaBuffer {
             failed: Mutex::new(None),
             commit_pending: AtomicBool::new(false),
             depth_records: AtomicU64::new(0),
+            depth_known: AtomicBool::new(false),
+            depth_failures: AtomicU64::new(0),
             retention_lost: AtomicU64::new(0),
             retention_reported: Mutex::new(HashMap::new()),
             seen_records: AtomicU64::new(0),
             seen_bytes: AtomicU64::new(0),
             next_append_id: AtomicU64::new(0),
-        });
-        spawn_background(&inner, config.commit_interval, timeout);
-        Ok(Self { inner })
+        }
     }
 }
 
@@ -459,11 +484,16 @@ fn spawn_background(inner: &Arc<Inner>, commit_interval: Duration, timeout: Dura
             }
         },
     ));
-    // Short, so that an unreachable coordinator delays the next refresh only a little.
-    let timeout = timeout.min(DEPTH_REFRESH * 2);
+    let timeout = depth_timeout(timeout);
     tokio::spawn(periodic(weak, DEPTH_REFRESH, move |inner| async move {
         inner.refresh_depth(timeout).await;
     }));
+}
+
+/// The timeout of a depth refresh: short, so that an unreachable coordinator delays the next
+/// refresh only a little.
+fn depth_timeout(connect_timeout: Duration) -> Duration {
+    connect_timeout.min(DEPTH_REFRESH * 2)
 }
 
 async fn periodic<F, Fut>(weak: Weak<Inner>, every: Duration, mut f: F)
@@ -475,8 +505,8 @@ where
         Some(inner) => inner.closed.subscribe(),
         None => return,
     };
-    // The first tick is immediate: the depth is known right after `connect`.
-    let mut tick = tokio::time::interval(every);
+    // The first tick comes after one period (`connect` did the first depth refresh itself).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -602,7 +632,7 @@ impl Inner {
             let refreshed = self.depth_refreshed.notified();
             self.check_open()?;
             let depth = self.depth();
-            if depth.bytes < cap {
+            if self.depth_known.load(Ordering::Relaxed) && depth.bytes < cap {
                 if waited {
                     tracing::debug!(
                         depth_bytes = depth.bytes,
@@ -901,9 +931,24 @@ impl Inner {
         match result {
             Ok((records, deleted)) => {
                 self.depth_records.store(records, Ordering::Relaxed);
+                self.depth_known.store(true, Ordering::Relaxed);
+                self.depth_failures.store(0, Ordering::Relaxed);
                 self.report_retention_loss(&deleted);
             }
-            Err(e) => tracing::debug!(error = %e, "depth refresh failed"),
+            Err(e) => {
+                let failures = self.depth_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                // With a cap, appends wait on the depth: say so, every minute or so.
+                if self.max_backlog_bytes.is_some() && failures % 30 == 1 {
+                    tracing::warn!(
+                        error = %e,
+                        failures,
+                        "kafka depth refresh failed; appends wait on the backlog cap until \
+                         one succeeds"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "depth refresh failed");
+                }
+            }
         }
         self.depth_refreshed.notify_waiters();
     }
