@@ -937,8 +937,9 @@ impl Inner {
             }
             Err(e) => {
                 let failures = self.depth_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                // With a cap, appends wait on the depth: say so, every minute or so.
-                if self.max_backlog_bytes.is_some() && failures % 30 == 1 {
+                // With a cap, appends wait on the depth: say so when it persists (three in a
+                // row), then every minute or so. A single slow answer is routine.
+                if self.max_backlog_bytes.is_some() && (failures == 3 || failures % 30 == 0) {
                     tracing::warn!(
                         error = %e,
                         failures,
