@@ -441,3 +441,28 @@ async fn appends_wait_at_the_backlog_cap_until_delivery_makes_room() {
     let restarted = append_waits(&buf, 40, Duration::from_secs(3)).await;
     close_ends_the_wait(&buf, restarted).await;
 }
+
+/// Falcon partition `p` lands in Kafka partition `p % partitions`: consecutive Falcon
+/// partitions use every Kafka partition (librdkafka's key hash put "0" and "1" both in
+/// partition 1 of 2, leaving a second consumer of the group idle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falcon_partitions_spread_over_kafka_partitions() {
+    let mock = cluster(2);
+    let brokers = mock.bootstrap_servers();
+    let buf = KafkaBuffer::connect(config(&brokers, "g")).await.unwrap();
+    for p in 0..4 {
+        buf.append(recs(p, 0, 3)).await.unwrap();
+    }
+    let entries = read_n(&buf, 12, WITHIN).await;
+    let lanes: BTreeMap<u32, std::collections::BTreeSet<u32>> =
+        entries.iter().fold(BTreeMap::new(), |mut m, e| {
+            m.entry(e.record.partition)
+                .or_default()
+                .insert(e.position.lane);
+            m
+        });
+    let expected: BTreeMap<u32, std::collections::BTreeSet<u32>> =
+        (0..4).map(|p| (p, [p % 2].into())).collect();
+    assert_eq!(lanes, expected, "Falcon partition -> Kafka partitions");
+    buf.close().await.unwrap();
+}

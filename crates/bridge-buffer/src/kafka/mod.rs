@@ -14,8 +14,10 @@
 //!   instead of writing later records after a lost one. When librdkafka's producer queue
 //!   (`queue.buffering.max.kbytes`, half of [`KafkaBufferConfig::max_bytes`]) is full, an append
 //!   waits and retries; nothing is dropped.
-//! * **Order.** The message key is the Falcon partition, so the default partitioner keeps each
-//!   Falcon partition in one Kafka partition, and the idempotent producer keeps it in order.
+//! * **Order.** Falcon partition `p` goes to Kafka partition `p % partitions` (the count at
+//!   `connect`), so each Falcon partition stays in one Kafka partition, in order (idempotent
+//!   producer), and consecutive Falcon partitions spread evenly over the topic for consumer
+//!   scale-out. The message key is still the Falcon partition.
 //! * **The buffer is the source checkpoint.** After each successful append the newest Falcon
 //!   offset of each Falcon partition is kept in memory ([`Buffer::resume_offsets`]). Every
 //!   `commit_interval`, when something changed, the checkpoint topic (compacted; key = Falcon
@@ -153,6 +155,9 @@ struct Inner {
     checkpoint_topic: String,
     max_bytes: u64,
     max_backlog_bytes: Option<u64>,
+    /// Partitions of the topic at connect (at least 1): appends map Falcon partitions onto
+    /// them. A topic given more partitions later is used fully after a restart.
+    topic_partitions: i32,
     /// Notified after every depth refresh (and on close): appends waiting for backlog room
     /// look again.
     depth_refreshed: tokio::sync::Notify,
@@ -328,7 +333,12 @@ impl KafkaBuffer {
         }
 
         let inner = Arc::new(Inner::new(
-            &config, producer, consumer, read_state, recovered,
+            &config,
+            producer,
+            consumer,
+            read_state,
+            recovered,
+            topic_parts,
         ));
         // The depth is known when `connect` returns (the backlog cap needs it: a restarted
         // process must not append past the cap before its first refresh). Before the group
@@ -350,8 +360,10 @@ impl Inner {
         consumer: Arc<GroupConsumer>,
         read_state: Arc<Mutex<ReadState>>,
         recovered: resume::Recovered,
+        topic_partitions: i32,
     ) -> Self {
         Self {
+            topic_partitions: topic_partitions.max(1),
             topic: config.topic.clone(),
             checkpoint_topic: config.checkpoint_topic.clone(),
             max_bytes: config.max_bytes,
@@ -545,6 +557,14 @@ impl Inner {
         lock(&self.consumer).clone().ok_or(BufferError::Closed)
     }
 
+    /// The Kafka partition of a Falcon partition: `falcon % partitions`. Consecutive Falcon
+    /// partitions spread evenly over the topic, and each stays in one Kafka partition (its
+    /// order). Hashing the key instead (librdkafka's default) can put small integers all in
+    /// one partition: CRC32 sends both "0" and "1" to partition 1 of 2.
+    fn kafka_partition(&self, falcon: u32) -> i32 {
+        i32::try_from(falcon % self.topic_partitions.unsigned_abs()).unwrap_or(0)
+    }
+
     fn note_sizes(&self, records: u64, bytes: u64) {
         self.seen_records.fetch_add(records, Ordering::Relaxed);
         self.seen_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -580,6 +600,7 @@ impl Inner {
             bytes += r.encoded_len() as u64;
             let key = r.partition.to_string();
             let record = FutureRecord::to(&self.topic)
+                .partition(self.kafka_partition(r.partition))
                 .key(&key)
                 .payload(&r.payload[..])
                 .headers(codec::headers(r));
@@ -939,7 +960,9 @@ impl Inner {
                 let failures = self.depth_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 // With a cap, appends wait on the depth: say so when it persists (three in a
                 // row), then every minute or so. A single slow answer is routine.
-                if self.max_backlog_bytes.is_some() && (failures == 3 || failures % 30 == 0) {
+                if self.max_backlog_bytes.is_some()
+                    && (failures == 3 || failures.is_multiple_of(30))
+                {
                     tracing::warn!(
                         error = %e,
                         failures,
