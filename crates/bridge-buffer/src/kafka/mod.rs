@@ -17,7 +17,11 @@
 //! * **Order.** Falcon partition `p` goes to Kafka partition `p % partitions` (the count at
 //!   `connect`), so each Falcon partition stays in one Kafka partition, in order (idempotent
 //!   producer), and consecutive Falcon partitions spread evenly over the topic for consumer
-//!   scale-out. The message key is still the Falcon partition.
+//!   scale-out. The message key is still the Falcon partition. (Before this mapping the
+//!   key's hash chose the partition; after an upgrade, or when the topic gains partitions,
+//!   a Falcon partition's older records can sit in another Kafka partition than its newer
+//!   ones: delivery order across the two is not kept, nothing is lost or resumed wrongly,
+//!   since the resume scan reads every partition.)
 //! * **The buffer is the source checkpoint.** After each successful append the newest Falcon
 //!   offset of each Falcon partition is kept in memory ([`Buffer::resume_offsets`]). Every
 //!   `commit_interval`, when something changed, the checkpoint topic (compacted; key = Falcon
