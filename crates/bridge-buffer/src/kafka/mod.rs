@@ -1183,16 +1183,9 @@ impl ClientContext for LogContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-        ) {
+        if log_librdkafka(level, fac, log_message) {
             *lock(&self.last_error) = Some(log_message.to_owned());
         }
-        log_librdkafka(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
         // "n/n brokers are down" follows the cause (authentication, TLS); keep the cause.
@@ -1245,18 +1238,23 @@ fn client_error(oauth: Option<&dyn OAuthTokenSource>, error: &KafkaError, reason
     tracing::warn!(error = %error, reason, "librdkafka");
 }
 
-fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+/// Logs a librdkafka line at its level; true when it was an error (or worse).
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
         | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(fac, message, "librdkafka"),
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(fac, message, "librdkafka");
+            return true;
+        }
         RDKafkaLogLevel::Warning => tracing::warn!(fac, message, "librdkafka"),
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
             tracing::info!(fac, message, "librdkafka");
         }
         RDKafkaLogLevel::Debug => tracing::debug!(fac, message, "librdkafka"),
     }
+    false
 }
 
 /// The consumer's context: keeps [`ReadState`] in step with rebalances.
